@@ -1,0 +1,3 @@
+from queueflow.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,150 @@
+"""The `queueflow` command: dev, ingest, reporting, worker and migrate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from queueflow import __version__
+from queueflow.core.config import Settings, load_settings
+from queueflow.core.errors import ConfigError, MigrationError
+from queueflow.core.observability import configure_logging
+
+SETTING_FLAGS = {  # flag -> (setting, type)
+    "--redis-url": ("redis_url", str),
+    "--database-url": ("database_url", str),
+    "--stream": ("stream", str),
+    "--group": ("group", str),
+    "--log-level": ("log_level", str),
+    "--log-format": ("log_format", str),
+}
+WORKER_FLAGS = {
+    "--consumer": ("consumer", str),
+    "--batch-size": ("batch_size", int),
+    "--block-ms": ("block_ms", int),
+    "--shutdown-timeout": ("shutdown_timeout", float),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="queueflow",
+        description="Website analytics events: HTTP -> Redis Stream -> PostgreSQL.",
+    )
+    parser.add_argument("--version", action="version", version=f"queueflow {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(
+        name: str, help_: str, flags: dict, *, listens: bool = True, host: str = "0.0.0.0"
+    ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_, description=help_)
+        for flag, (dest, kind) in {**SETTING_FLAGS, **flags}.items():
+            sub.add_argument(
+                flag, dest=dest, type=kind, default=None, help=f"[env {_env_name(dest)}]"
+            )
+        if listens:
+            sub.add_argument("--host", default=host, help=f"address to listen on [{host}]")
+            sub.add_argument("--port", type=int, default=8000, help="port to listen on [8000]")
+        return sub
+
+    dev = command(
+        "dev",
+        "Run everything locally: servers, migrations, ingest + reporting, workers",
+        {**WORKER_FLAGS, "--workers": ("workers", int)},
+        host="127.0.0.1",
+    )
+    dev.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(".queueflow"),
+        help="where the embedded servers keep their data [.queueflow]",
+    )
+    dev.add_argument("--fresh", action="store_true", help="wipe --data-dir first")
+    command("ingest", "Serve POST /event and POST /events", {})
+    command("reporting", "Serve GET /stats", {})
+    command("worker", "Move events from the stream into PostgreSQL", WORKER_FLAGS)
+    command("migrate", "Apply pending database migrations", {}, listens=False)
+    return parser
+
+
+def _env_name(setting: str) -> str:
+    return setting.upper() if setting.endswith("_url") else f"QUEUEFLOW_{setting.upper()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = {
+        dest: getattr(args, dest, None)
+        for dest, _ in (*SETTING_FLAGS.values(), *WORKER_FLAGS.values(), ("workers", int))
+    }
+    try:
+        settings = load_settings(**overrides)
+        configure_logging(settings.log_level, settings.log_format)
+        return _run(args, settings)
+    except ConfigError as exc:
+        print(f"queueflow: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except MigrationError as exc:
+        print(f"queueflow: migration error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    except Exception as exc:
+        structlog.get_logger("queueflow").error("fatal error", exc_info=exc)
+        return 1
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "dev":
+        from queueflow.dev import run_dev
+
+        return run_dev(
+            settings, host=args.host, port=args.port, data_dir=args.data_dir, fresh=args.fresh
+        )
+    if args.command == "migrate":
+        return run_async(migrate_command(settings))
+    if args.command == "worker":
+        from queueflow.worker.main import run_worker
+
+        return run_async(run_worker(settings, args.host, args.port))
+    if args.command == "ingest":
+        from queueflow.ingest.app import create_app
+    else:
+        from queueflow.reporting.app import create_app
+    return run_async(serve_app(create_app(settings), args.host, args.port))
+
+
+async def migrate_command(settings: Settings) -> int:
+    from queueflow.core.migrations import default_migrations_dir, migrate
+
+    directory = (
+        Path(settings.migrations_dir) if settings.migrations_dir else default_migrations_dir()
+    )
+    applied = await migrate(settings.database_dsn(), directory)
+    structlog.get_logger("queueflow").info("migrations done", applied=applied)
+    return 0
+
+
+async def serve_app(app: Any, host: str, port: int) -> int:
+    from queueflow.core.serving import make_server, serve_until, stop_on_signals
+
+    await serve_until(make_server(app, host, port), stop_on_signals())
+    return 0
+
+
+def run_async(coro: Coroutine[Any, Any, int]) -> int:
+    """Run on uvloop where installed (it is, with uvicorn[standard])."""
+    try:
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is absent on some platforms
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coro)

@@ -1,0 +1,56 @@
+"""Running an ASGI app under uvicorn while the caller owns the process's signals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Iterator
+
+import uvicorn
+
+
+class Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # The command installs its own SIGTERM/SIGINT handling and sets should_exit, so a clean
+        # stop exits 0 instead of uvicorn re-raising the signal after shutdown.
+        yield
+
+
+def make_server(app: object, host: str, port: int, *, graceful_s: float = 10) -> Server:
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="none",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=graceful_s,
+        server_header=False,
+        backlog=2048,
+    )
+    return Server(config)
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set by the first SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def serve_until(server: Server, stop: asyncio.Event) -> None:
+    """Serve until `stop` is set, then stop accepting, drain in-flight requests and return."""
+    task = asyncio.create_task(server.serve())
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    server.should_exit = True
+    stopper.cancel()
+    await task
+    if not server.started:
+        raise RuntimeError(f"could not serve on {server.config.host}:{server.config.port}")

@@ -1,0 +1,152 @@
+"""PostgreSQL access: the pool, the worker's batch statement and the reporting query.
+
+All SQL text lives here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import NamedTuple, TypeVar
+
+import asyncpg
+import structlog
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+# One statement, so one transaction: insert raw rows deduplicated on event_id, then fold only
+# the rows actually inserted into the aggregates. Every write is ordered by its key so that
+# concurrent workers take row locks in the same order and cannot deadlock each other.
+SAVE_BATCH = """
+WITH batch AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                         $6::timestamptz[], $7::timestamptz[], $8::text[], $9::text[])
+        AS b(event_id, site_id, event_type, path, user_id, occurred_at, received_at,
+             referrer, properties)
+),
+inserted AS (
+    INSERT INTO events (event_id, site_id, event_type, path, user_id, occurred_at,
+                        received_at, referrer, properties)
+    SELECT event_id, site_id, event_type, path, user_id, occurred_at, received_at,
+           referrer, properties::jsonb
+    FROM batch ORDER BY event_id
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING site_id, date, event_type, path, user_id
+),
+new_users AS (
+    INSERT INTO daily_site_users (site_id, date, user_id)
+    SELECT DISTINCT site_id, date, user_id FROM inserted ORDER BY 1, 2, 3
+    ON CONFLICT DO NOTHING
+    RETURNING site_id, date
+),
+path_views AS (
+    INSERT INTO daily_site_path_counts AS c (site_id, date, path, views)
+    SELECT site_id, date, path, count(*) FROM inserted WHERE event_type = 'page_view'
+    GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    ON CONFLICT (site_id, date, path) DO UPDATE SET views = c.views + excluded.views
+),
+day_totals AS (
+    SELECT site_id, date, sum(views) AS views, sum(users) AS users FROM (
+        SELECT site_id, date, count(*) FILTER (WHERE event_type = 'page_view') AS views,
+               0 AS users
+        FROM inserted GROUP BY 1, 2
+        UNION ALL
+        SELECT site_id, date, 0, count(*) FROM new_users GROUP BY 1, 2
+    ) t GROUP BY 1, 2
+),
+day_stats AS (
+    INSERT INTO daily_site_stats AS s (site_id, date, total_views, unique_users)
+    SELECT site_id, date, views, users FROM day_totals ORDER BY 1, 2
+    ON CONFLICT (site_id, date) DO UPDATE
+        SET total_views = s.total_views + excluded.total_views,
+            unique_users = s.unique_users + excluded.unique_users
+)
+SELECT count(*) FROM inserted
+"""
+
+# Ties rank by path in byte order (COLLATE "C"), whatever the database's default collation.
+DAILY_STATS = """
+SELECT coalesce(s.total_views, 0) AS total_views,
+       coalesce(s.unique_users, 0) AS unique_users,
+       array(SELECT p.path FROM daily_site_path_counts p
+             WHERE p.site_id = $1 AND p.date = $2
+             ORDER BY p.views DESC, p.path COLLATE "C" LIMIT $3) AS paths,
+       array(SELECT p.views FROM daily_site_path_counts p
+             WHERE p.site_id = $1 AND p.date = $2
+             ORDER BY p.views DESC, p.path COLLATE "C" LIMIT $3) AS views
+FROM (SELECT 1) AS one
+LEFT JOIN daily_site_stats s ON s.site_id = $1 AND s.date = $2
+"""
+
+
+class EventRow(NamedTuple):
+    """One raw event row, in the column order of SAVE_BATCH's unnest()."""
+
+    event_id: str
+    site_id: str
+    event_type: str
+    path: str
+    user_id: str
+    occurred_at: datetime
+    received_at: datetime
+    referrer: str | None
+    properties: str | None  # JSON text
+
+
+@dataclass(frozen=True, slots=True)
+class DailyStats:
+    total_views: int
+    unique_users: int
+    top_paths: list[tuple[str, int]]
+
+
+async def _with_retries(connect: Callable[[], Awaitable[T]], attempts: int, delay_s: float) -> T:
+    """PostgreSQL may still be starting: try a bounded number of times, then fail loudly."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await connect()
+        except (OSError, asyncpg.CannotConnectNowError, asyncpg.PostgresConnectionError) as exc:
+            if attempt == attempts:
+                raise
+            log.warning("database not reachable", error=str(exc), tries_left=attempts - attempt)
+            await asyncio.sleep(delay_s)
+    raise AssertionError("unreachable")
+
+
+async def create_pool(dsn: str, *, max_size: int, attempts: int = 15) -> asyncpg.Pool:
+    return await _with_retries(
+        lambda: asyncpg.create_pool(dsn, min_size=1, max_size=max_size, command_timeout=60),
+        attempts,
+        delay_s=1.0,
+    )
+
+
+async def connect(dsn: str, *, attempts: int = 15) -> asyncpg.Connection:
+    return await _with_retries(lambda: asyncpg.connect(dsn), attempts, delay_s=1.0)
+
+
+class EventStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def save_batch(self, rows: list[EventRow]) -> int:
+        """Store a batch atomically; returns how many rows were new (the rest were duplicates)."""
+        columns = list(zip(*rows, strict=True))
+        async with self.pool.acquire() as conn:
+            return await conn.fetchval(SAVE_BATCH, *columns)
+
+    async def daily_stats(self, site_id: str, day: date, limit: int) -> DailyStats:
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(DAILY_STATS, site_id, day, limit)
+        return DailyStats(
+            total_views=row["total_views"],
+            unique_users=row["unique_users"],
+            top_paths=list(zip(row["paths"], row["views"], strict=True)),
+        )
+
+    async def ping(self) -> None:
+        async with self.pool.acquire(timeout=2) as conn:
+            await conn.fetchval("SELECT 1", timeout=2)

@@ -1,0 +1,154 @@
+"""`queueflow dev`: the whole pipeline on one machine.
+
+Starts Valkey and PostgreSQL from their wheels unless REDIS_URL / DATABASE_URL are set,
+migrates, serves ingest and reporting on one port and runs QUEUEFLOW_WORKERS worker
+processes on the ports after it. Ctrl-C stops the workers (each finishes its batch), the
+HTTP server and then the servers, in that order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+from fastapi import FastAPI
+from pydantic import PostgresDsn, RedisDsn
+from starlette.types import Receive, Scope, Send
+
+from queueflow.cli import migrate_command, run_async
+from queueflow.core.config import Settings
+from queueflow.core.serving import make_server, serve_until, stop_on_signals
+from queueflow.embedded import die_with_parent, start_postgres, start_valkey
+
+REPORTING_PATHS = ("/stats",)
+
+
+class CombinedApp:
+    """Ingest and reporting behind one port: /stats goes to reporting, the rest to ingest.
+    Both lifespans run, and their states are merged (their keys do not overlap)."""
+
+    def __init__(self, ingest: FastAPI, reporting: FastAPI) -> None:
+        self.ingest, self.reporting = ingest, reporting
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(scope, receive, send)
+        elif scope["path"] in REPORTING_PATHS:
+            await self.reporting(scope, receive, send)
+        else:
+            await self.ingest(scope, receive, send)
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()  # lifespan.startup
+        async with AsyncExitStack() as stack:
+            try:
+                for app in (self.ingest, self.reporting):
+                    state = await stack.enter_async_context(app.router.lifespan_context(app))
+                    scope["state"].update(state or {})
+            except Exception as exc:
+                await send({"type": "lifespan.startup.failed", "message": repr(exc)})
+                return
+            await send({"type": "lifespan.startup.complete"})
+            await receive()  # lifespan.shutdown
+        await send({"type": "lifespan.shutdown.complete"})
+
+
+def run_dev(settings: Settings, *, host: str, port: int, data_dir: Path, fresh: bool) -> int:
+    with contextlib.ExitStack() as cleanup:
+        if settings.redis_url is None or settings.database_url is None:
+            if fresh:
+                shutil.rmtree(data_dir, ignore_errors=True)
+            print(f"queueflow dev: embedded servers keep their data in {data_dir}/", flush=True)
+        if settings.redis_url is None:
+            valkey = start_valkey(data_dir / "valkey")
+            cleanup.callback(valkey.stop)
+            settings = settings.model_copy(update={"redis_url": RedisDsn(valkey.url)})
+        if settings.database_url is None:
+            postgres = start_postgres(data_dir / "postgres")
+            cleanup.callback(postgres.stop)
+            settings = settings.model_copy(update={"database_url": PostgresDsn(postgres.url)})
+        run_async(migrate_command(settings))
+        workers = [_start_worker(settings, host, port + 1 + i, i) for i in range(settings.workers)]
+        cleanup.callback(_stop_workers, workers, settings.shutdown_timeout)
+        _print_banner(settings, host, port, len(workers))
+        return run_async(_serve(settings, host, port))
+    return 0
+
+
+async def _serve(settings: Settings, host: str, port: int) -> int:
+    from queueflow.ingest.app import create_app as create_ingest
+    from queueflow.reporting.app import create_app as create_reporting
+
+    app = CombinedApp(create_ingest(settings), create_reporting(settings))
+    await serve_until(make_server(app, host, port), stop_on_signals())
+    return 0
+
+
+def _start_worker(settings: Settings, host: str, port: int, index: int) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "REDIS_URL": str(settings.redis_url),
+        "DATABASE_URL": str(settings.database_url),
+        "QUEUEFLOW_CONSUMER": f"{settings.consumer}-dev-{index}",
+        "QUEUEFLOW_STREAM": settings.stream,
+        "QUEUEFLOW_GROUP": settings.group,
+        "QUEUEFLOW_LOG_FORMAT": settings.log_format,
+        "QUEUEFLOW_LOG_LEVEL": settings.log_level,
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "queueflow",
+        "worker",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--batch-size",
+        str(settings.batch_size),
+        "--block-ms",
+        str(settings.block_ms),
+    ]
+    return subprocess.Popen(command, env=env, preexec_fn=die_with_parent(signal.SIGTERM))
+
+
+def _stop_workers(workers: list[subprocess.Popen], timeout_s: float) -> None:
+    for proc in workers:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in workers:
+        try:
+            proc.wait(timeout_s + 5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _print_banner(settings: Settings, host: str, port: int, workers: int) -> None:
+    base = f"http://{host}:{port}"
+    lines = [
+        "",
+        "QueueFlow is running",
+        f"  ingest + reporting  {base}   (POST /event, POST /events, GET /stats, /docs)",
+        *(f"  worker {i}            http://{host}:{port + 1 + i}/metrics" for i in range(workers)),
+        f"  redis               {_without_password(str(settings.redis_url))}",
+        f"  postgres            {_without_password(str(settings.database_url))}",
+        "  Ctrl-C stops everything",
+        "",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def _without_password(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@")
+    return url

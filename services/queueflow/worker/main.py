@@ -1,0 +1,77 @@
+"""`queueflow worker`: the consumer plus /healthz, /readyz and /metrics on --port."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+
+from queueflow import __version__
+from queueflow.core.config import Settings
+from queueflow.core.probes import add_probe_routes
+from queueflow.core.serving import make_server, stop_on_signals
+from queueflow.core.store import EventStore, create_pool
+from queueflow.core.stream import EventStream, connect
+from queueflow.worker.consumer import Consumer
+
+log = structlog.get_logger(__name__)
+
+
+def create_ops_app(stream: EventStream, store: EventStore) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        yield {"stream": stream, "store": store}
+
+    app = FastAPI(title="QueueFlow worker", version=__version__, lifespan=lifespan)
+
+    async def redis_check(request: Request) -> None:
+        await request.state.stream.ping()
+
+    async def database_check(request: Request) -> None:
+        await request.state.store.ping()
+
+    add_probe_routes(app, {"redis": redis_check, "postgres": database_check})
+    return app
+
+
+async def run_worker(settings: Settings, host: str, port: int) -> int:
+    """Run until SIGTERM/SIGINT; returns 0 when the batch in hand was finished in time."""
+    stop = stop_on_signals()
+    # A blocking XREADGROUP holds the socket for up to block_ms: the read timeout must exceed it.
+    client = connect(
+        settings.redis_dsn(), timeout_s=settings.block_ms / 1000 + settings.redis_timeout_s
+    )
+    pool = await create_pool(settings.database_dsn(), max_size=2)
+    stream, store = EventStream(client, settings), EventStore(pool)
+    server = make_server(create_ops_app(stream, store), host, port)
+    serving = asyncio.create_task(server.serve())
+    consuming = asyncio.create_task(Consumer(stream, store, settings).run(stop))
+    log.info(
+        "worker started",
+        consumer=settings.consumer,
+        stream=settings.stream,
+        group=settings.group,
+        port=port,
+    )
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({consuming, serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stop.set()
+    code = 0
+    try:
+        await asyncio.wait_for(consuming, settings.shutdown_timeout)
+    except TimeoutError:
+        # Unacknowledged entries stay pending and another worker reclaims them.
+        log.error(
+            "shutdown timed out; the batch in hand stays pending",
+            timeout_s=settings.shutdown_timeout,
+        )
+        code = 1
+    server.should_exit = True
+    await serving
+    await asyncio.gather(pool.close(), client.aclose())
+    log.info("worker stopped", exit_code=code)
+    return code
