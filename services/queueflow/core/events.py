@@ -14,22 +14,22 @@ from typing import Annotated, Any
 
 import msgspec
 
-NO_CONTROL = r"^[^\x00-\x1f\x7f-\x9f]*$"
+NO_CONTROL = r"^[^\x00-\x1f\x7f-\x9f]*\Z"
 FUTURE_SKEW = timedelta(minutes=5)
 DAY = timedelta(days=1)
 
 SiteId = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=NO_CONTROL)]
 EventType = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=NO_CONTROL)]
 Path = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=2048, pattern=r"^/[^\x00-\x1f\x7f-\x9f]*$")
+    str, msgspec.Meta(min_length=1, max_length=2048, pattern=r"^/[^\x00-\x1f\x7f-\x9f]*\Z")
 ]
 UserId = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=NO_CONTROL)]
-EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
+EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+\Z")]
 Referrer = Annotated[str, msgspec.Meta(max_length=2048, pattern=NO_CONTROL)]
 PropertyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=NO_CONTROL)]
 # PostgreSQL's jsonb cannot hold U+0000, so it is refused here rather than by the worker.
 PropertyValue = (
-    Annotated[str, msgspec.Meta(max_length=512, pattern=r"^[^\x00]*$")] | int | float | bool | None
+    Annotated[str, msgspec.Meta(max_length=512, pattern=r"^[^\x00]*\Z")] | int | float | bool | None
 )
 Properties = Annotated[dict[PropertyKey, PropertyValue], msgspec.Meta(max_length=30)]
 

@@ -1,0 +1,48 @@
+# QueueFlow: `make dev` runs the whole pipeline, `make test` runs every test.
+# Both create .venv on first use (Python 3.11+ is all they need) and rebuild it when
+# pyproject.toml changes or the project directory has moved.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.queueflow-installed
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help venv dev test test-unit lint format clean
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+venv: ## Create .venv and install QueueFlow with its test extras
+	@want="$(CURDIR) $$(cksum < pyproject.toml)"; \
+	if [ ! -f $(STAMP) ] || [ "$$(cat $(STAMP))" != "$$want" ]; then \
+	  $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+	    || { echo "QueueFlow needs Python 3.11 or newer (PYTHON=$(PYTHON))"; exit 2; }; \
+	  echo "Creating $(VENV) and installing QueueFlow (first run takes a minute)"; \
+	  rm -rf $(VENV) && $(PYTHON) -m venv $(VENV) \
+	  && $(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test]' \
+	  && echo "$$want" > $(STAMP); \
+	fi
+
+dev: venv ## Run the whole pipeline locally (embedded Valkey + PostgreSQL unless URLs are set)
+	$(BIN)/queueflow dev
+
+test: venv ## Run the whole test suite against real servers
+	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure"; exit 1; fi; \
+	exit $$rc
+
+test-unit: venv ## Only the tests that need no servers
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: venv ## ruff check and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv ## Apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean: ## Remove .venv and local dev data
+	rm -rf $(VENV) .queueflow .pytest_cache .ruff_cache

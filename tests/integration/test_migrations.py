@@ -1,0 +1,82 @@
+"""`queueflow migrate`: each file once, in order, under a lock, refusing edited history."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from queueflow.core.errors import MigrationError
+from queueflow.core.migrations import default_migrations_dir, load_migrations, migrate
+from tests.conftest import with_database
+
+
+@pytest.fixture
+async def empty_database(servers: dict[str, str]) -> AsyncIterator[str]:
+    name = f"qf_mig_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(servers["postgres"])
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    yield with_database(servers["postgres"], name)
+    await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    await admin.close()
+
+
+def test_the_shipped_migrations_are_numbered_and_in_order() -> None:
+    migrations = load_migrations(default_migrations_dir())
+    versions = [m.version for m in migrations]
+    assert versions == sorted(versions) and versions[0] == "0001"
+
+
+async def test_applies_each_file_once(empty_database: str) -> None:
+    first = await migrate(empty_database, default_migrations_dir())
+    assert first == [m.version for m in load_migrations(default_migrations_dir())]
+    assert await migrate(empty_database, default_migrations_dir()) == []
+    conn = await asyncpg.connect(empty_database)
+    tables = {r[0] for r in await conn.fetch(
+        "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}  # fmt: skip
+    await conn.close()
+    assert {"events", "daily_site_stats", "daily_site_path_counts", "daily_site_users",
+            "schema_migrations"} <= tables  # fmt: skip
+
+
+async def test_pods_migrating_together_apply_everything_exactly_once(empty_database: str) -> None:
+    results = await asyncio.gather(*(migrate(empty_database, default_migrations_dir())
+                                     for _ in range(5)))  # fmt: skip
+    applied = [v for r in results for v in r]
+    assert sorted(applied) == [m.version for m in load_migrations(default_migrations_dir())]
+
+
+async def test_an_edited_applied_migration_is_refused(empty_database: str, tmp_path: Path) -> None:
+    shutil.copytree(default_migrations_dir(), tmp_path / "m")
+    await migrate(empty_database, tmp_path / "m")
+    first = sorted((tmp_path / "m").glob("0001_*.sql"))[0]
+    first.write_text(first.read_text() + "\n-- edited\n")
+    with pytest.raises(MigrationError, match="changed after it was applied"):
+        await migrate(empty_database, tmp_path / "m")
+
+
+async def test_a_failing_migration_rolls_back_and_records_nothing(
+    empty_database: str, tmp_path: Path
+) -> None:
+    (tmp_path / "0001_ok.sql").write_text("-- migrate:up\nCREATE TABLE a (x int);\n")
+    (tmp_path / "0002_bad.sql").write_text("-- migrate:up\nCREATE TABLE b (x int);\nSELEC 1;\n")
+    with pytest.raises(asyncpg.PostgresSyntaxError):
+        await migrate(empty_database, tmp_path)
+    conn = await asyncpg.connect(empty_database)
+    assert await conn.fetchval("SELECT to_regclass('b')") is None
+    assert [r[0] for r in await conn.fetch("SELECT version FROM schema_migrations")] == ["0001"]
+    await conn.close()
+
+
+def test_the_migrate_command(empty_database: str) -> None:
+    env = {"PATH": "/usr/bin:/bin", "DATABASE_URL": empty_database, "QUEUEFLOW_LOG_LEVEL": "error"}
+    run = [sys.executable, "-m", "queueflow", "migrate"]
+    assert subprocess.run(run, env=env, timeout=60).returncode == 0
+    assert subprocess.run(run, env=env, timeout=60).returncode == 0
