@@ -106,8 +106,8 @@ async def test_an_unknown_site_or_day_is_zeros(store: EventStore) -> None:
 async def test_top_paths_rank_by_views_then_path_in_byte_order(store: EventStore) -> None:
     rows = []
     for i, path in enumerate(["/b", "/a", "/B", "/a", "/é", "/b", "/c"]):
-        rows.append(to_row({"event_id": f"x{i}", "site_id": "s", "event_type": "page_view",
-                            "path": path, "user_id": "u", "timestamp": DAY0.isoformat()}))  # fmt: skip
+        fields = {"event_id": f"x{i}", "site_id": "s", "event_type": "page_view", "path": path}
+        rows.append(to_row({**fields, "user_id": "u", "timestamp": DAY0.isoformat()}))
     await store.save_batch(rows)
     s = await store.daily_stats("s", DAY0.date(), 3)
     assert s.top_paths == [("/a", 2), ("/b", 2), ("/B", 1)]

@@ -1,0 +1,147 @@
+"""The worker's consumer against real servers: ack after commit, pending work recovered,
+poison isolated to the dead-letter stream, and a failing database never acked past."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+import redis.asyncio as redis
+
+from queueflow.core.config import Settings
+from queueflow.core.events import Event, EventWindow, decode_event, encode_event
+from queueflow.core.store import EventStore, create_pool
+from queueflow.core.stream import EVENT_FIELD, EventStream, connect
+from queueflow.worker.consumer import Consumer
+from tests.helpers import event
+
+
+@pytest.fixture
+async def parts(settings: Settings) -> AsyncIterator[tuple[EventStream, EventStore]]:
+    client = connect(settings.redis_dsn(), timeout_s=5)
+    pool = await create_pool(settings.database_dsn(), max_size=2)
+    yield EventStream(client, settings), EventStore(pool)
+    await pool.close()
+    await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def running(consumer: Consumer) -> AsyncIterator[None]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def until(check: Callable) -> None:
+    async with asyncio.timeout(10):
+        while not await check():  # noqa: ASYNC110 - polling another process's state
+            await asyncio.sleep(0.05)
+
+
+def payload(**fields) -> bytes:
+    e: Event = decode_event(json.dumps(event(**fields)).encode(), EventWindow(30))
+    return encode_event(e)
+
+
+async def pending_count(r: redis.Redis, settings: Settings) -> int:
+    return (await r.xpending(settings.stream, settings.group))["pending"]
+
+
+async def test_events_sent_before_the_first_worker_are_counted(parts, settings, db) -> None:
+    stream, store = parts
+    await stream.add([payload(event_id=f"early{i}") for i in range(5)])
+    async with running(Consumer(stream, store, settings)):
+        await until(lambda: db.fetchval("SELECT count(*) = 5 FROM events"))
+    assert await pending_count(stream.client, settings) == 0
+
+
+async def test_a_restarted_consumer_finishes_its_own_pending_entries(parts, settings, db) -> None:
+    stream, store = parts
+    await stream.ensure_group()
+    await stream.add([payload(event_id=f"p{i}", user_id=f"u{i}") for i in range(7)])
+    # A previous life of this consumer read the entries and died before acking them.
+    delivered = await stream.read(settings.consumer, count=100, block_ms=100)
+    assert len(delivered) == 7 and await pending_count(stream.client, settings) == 7
+    async with running(Consumer(stream, store, settings)):
+        await until(lambda: db.fetchval("SELECT unique_users = 7 FROM daily_site_stats"))
+        await until(lambda: _zero_pending(stream.client, settings))
+
+
+async def _zero_pending(r: redis.Redis, settings: Settings) -> bool:
+    """Everything in the stream was delivered (lag 0) and acknowledged (pending 0)."""
+    (group,) = await r.xinfo_groups(settings.stream)
+    return group["lag"] == 0 and group["pending"] == 0
+
+
+async def test_undecodable_entries_are_dead_lettered_and_the_rest_counted(
+    parts, settings, db, redis_client
+) -> None:
+    stream, store = parts
+    await stream.ensure_group()
+    await redis_client.xadd(settings.stream, {EVENT_FIELD: payload(event_id="good1")})
+    garbage_id = await redis_client.xadd(settings.stream, {EVENT_FIELD: b"\x00garbage"})
+    await redis_client.xadd(settings.stream, {b"unexpected": b"field"})
+    await redis_client.xadd(settings.stream, {EVENT_FIELD: b'{"site_id": "no-id"}'})
+    await redis_client.xadd(settings.stream, {EVENT_FIELD: payload(event_id="good2")})
+    async with running(Consumer(stream, store, settings)):
+        await until(lambda: _zero_pending(redis_client, settings))
+    assert await db.fetchval("SELECT count(*) FROM events") == 2
+    dead = await redis_client.xrange(settings.dead_letter_stream)
+    assert len(dead) == 3
+    first = dead[0][1]
+    assert first[b"source_id"] == garbage_id and first[EVENT_FIELD] == b"\x00garbage"
+    assert first[b"reason"].startswith(b"undecodable")
+
+
+async def test_a_row_the_database_rejects_is_isolated(parts, settings, db, redis_client) -> None:
+    stream, store = parts
+    await db.execute("ALTER TABLE events ADD CONSTRAINT no_poison CHECK (user_id <> 'poison')")
+    ids = [f"r{i}" for i in range(20)]
+    await stream.add([payload(event_id=i, user_id="poison" if i == "r13" else i) for i in ids])
+    async with running(Consumer(stream, store, settings)):
+        await until(lambda: _zero_pending(redis_client, settings))
+    assert await db.fetchval("SELECT count(*) FROM events") == 19
+    assert await db.fetchval("SELECT unique_users FROM daily_site_stats") == 19
+    (dead,) = await redis_client.xrange(settings.dead_letter_stream)
+    assert b"rejected by database" in dead[1][b"reason"] and b"no_poison" in dead[1][b"reason"]
+
+
+async def test_while_the_database_fails_nothing_is_acked_then_all_is_counted_once(
+    parts, settings, db, redis_client
+) -> None:
+    stream, store = parts
+    await db.execute("ALTER TABLE daily_site_stats RENAME TO daily_site_stats_away")
+    await stream.add([payload(event_id=f"t{i}") for i in range(50)])
+    async with running(Consumer(stream, store, settings)):
+        await until(lambda: _pending_is(redis_client, settings, 50))
+        await asyncio.sleep(0.5)  # several failed retries
+        assert await _pending_is(redis_client, settings, 50)
+        await db.execute("ALTER TABLE daily_site_stats_away RENAME TO daily_site_stats")
+        await until(lambda: _zero_pending(redis_client, settings))
+    assert await db.fetchval("SELECT total_views FROM daily_site_stats") == 50
+    assert await redis_client.xlen(settings.dead_letter_stream) == 0
+
+
+async def test_terminated_database_connections_are_survived(parts, settings, db, redis_client):
+    stream, store = parts
+    async with running(Consumer(stream, store, settings)):
+        for round_ in range(5):
+            await stream.add([payload(event_id=f"k{round_}-{i}") for i in range(20)])
+            await db.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        await until(lambda: db.fetchval("SELECT count(*) = 100 FROM events"))
+        await until(lambda: _zero_pending(redis_client, settings))
+    assert await db.fetchval("SELECT total_views FROM daily_site_stats") == 100
+
+
+async def _pending_is(r: redis.Redis, settings: Settings, n: int) -> bool:
+    return await pending_count(r, settings) == n
