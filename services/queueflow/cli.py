@@ -121,13 +121,9 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def migrate_command(settings: Settings) -> int:
-    from queueflow.core.migrations import default_migrations_dir, migrate
+    from queueflow.core.migrations import apply_migrations
 
-    directory = (
-        Path(settings.migrations_dir) if settings.migrations_dir else default_migrations_dir()
-    )
-    applied = await migrate(settings.database_dsn(), directory)
-    structlog.get_logger("queueflow").info("migrations done", applied=applied)
+    await apply_migrations(settings)
     return 0
 
 

@@ -6,16 +6,19 @@ import asyncio
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
 
 from queueflow.core.errors import MigrationError
 from queueflow.core.migrations import default_migrations_dir, load_migrations, migrate
 from tests.conftest import with_database
+from tests.helpers import Service, service_env
 
 
 @pytest.fixture
@@ -80,3 +83,37 @@ def test_the_migrate_command(empty_database: str) -> None:
     run = [sys.executable, "-m", "queueflow", "migrate"]
     assert subprocess.run(run, env=env, timeout=60).returncode == 0
     assert subprocess.run(run, env=env, timeout=60).returncode == 0
+
+
+def test_a_worker_started_on_an_empty_database_migrates_it(empty_database: str, settings) -> None:
+    env = {**service_env(settings), "DATABASE_URL": empty_database}
+    worker = Service("worker", env).wait_healthy()
+    try:
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{worker.url}/readyz").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert asyncio.run(_applied_versions(empty_database))
+    finally:
+        assert worker.stop() == 0
+
+
+def test_auto_migrate_can_be_turned_off(empty_database: str, settings) -> None:
+    env = {**service_env(settings), "DATABASE_URL": empty_database,
+           "QUEUEFLOW_AUTO_MIGRATE": "false"}  # fmt: skip
+    worker = Service("worker", env).wait_healthy()
+    try:
+        time.sleep(0.5)
+        assert asyncio.run(_applied_versions(empty_database)) == []
+    finally:
+        assert worker.stop() == 0
+
+
+async def _applied_versions(url: str) -> list[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        if await conn.fetchval("SELECT to_regclass('schema_migrations')") is None:
+            return []
+        return [r[0] for r in await conn.fetch("SELECT version FROM schema_migrations")]
+    finally:
+        await conn.close()

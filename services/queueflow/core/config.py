@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(20, gt=0, le=600)
     db_pool_size: int = Field(4, ge=1, le=100)
     migrations_dir: str | None = None
+    # Worker and reporting apply pending migrations at start (under the advisory lock).
+    auto_migrate: bool = True
 
     def redis_dsn(self) -> str:
         if self.redis_url is None:

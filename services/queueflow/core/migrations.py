@@ -15,6 +15,7 @@ from pathlib import Path
 import asyncpg
 import structlog
 
+from queueflow.core.config import Settings
 from queueflow.core.errors import MigrationError
 from queueflow.core.store import connect
 
@@ -75,6 +76,17 @@ def load_migrations(directory: Path) -> list[Migration]:
     if len(set(versions)) != len(versions):
         raise MigrationError("two migration files share a version number")
     return migrations
+
+
+async def apply_migrations(settings: Settings) -> list[str]:
+    """`queueflow migrate`, and what worker and reporting run at start unless
+    QUEUEFLOW_AUTO_MIGRATE=false (when a Job or hook migrates instead)."""
+    directory = (
+        Path(settings.migrations_dir) if settings.migrations_dir else default_migrations_dir()
+    )
+    applied = await migrate(settings.database_dsn(), directory)
+    log.info("schema up to date", applied=applied)
+    return applied
 
 
 async def migrate(dsn: str, directory: Path) -> list[str]:

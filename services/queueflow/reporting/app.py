@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from queueflow import __version__
 from queueflow.core.config import Settings
+from queueflow.core.migrations import apply_migrations
 from queueflow.core.probes import add_probe_routes
 from queueflow.core.store import EventStore, create_pool
 
@@ -59,6 +60,8 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         pool = await create_pool(database_url, max_size=settings.db_pool_size)
+        if settings.auto_migrate:
+            await apply_migrations(settings)
         try:
             yield {"store": EventStore(pool)}
         finally:
