@@ -78,14 +78,7 @@ def test_dev_runs_the_pipeline_keeps_its_data_and_stops_cleanly(tmp_path: Path) 
     data_dir, port = tmp_path / "data", free_port()
     proc = start_dev(data_dir, port, {"QUEUEFLOW_WORKERS": "2"})
     try:
-        assert (
-            httpx.post(f"http://127.0.0.1:{port}/event", json=event(site_id="dev")).status_code
-            == 202
-        )
-        deadline = time.monotonic() + 5
-        while total_views(port) != 1:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        send_one_and_see_it(port)
         out = stop(proc)  # Ctrl-C
     finally:
         if proc.poll() is None:
@@ -107,14 +100,7 @@ def test_dev_uses_the_servers_it_is_given(tmp_path: Path, settings: Settings) ->
     env = {**service_env(settings), "QUEUEFLOW_WORKERS": "1"}
     proc = start_dev(data_dir, port, env)
     try:
-        assert (
-            httpx.post(f"http://127.0.0.1:{port}/event", json=event(site_id="dev")).status_code
-            == 202
-        )
-        deadline = time.monotonic() + 5
-        while total_views(port) != 1:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        send_one_and_see_it(port)
     finally:
         stop(proc)
     assert not data_dir.exists()
