@@ -43,6 +43,10 @@ class TooLarge(Exception):
     pass
 
 
+class Disconnected(Exception):
+    """The client went away before sending its whole body: nothing may be enqueued."""
+
+
 class EventEndpoint:
     """ASGI endpoint for one event (`batch=False`) or an array of events (`batch=True`)."""
 
@@ -77,6 +81,8 @@ class EventEndpoint:
             raw = await self._read_body(receive)
         except TooLarge:
             return _reject("too_large", 413, f"Request body exceeds {self.max_body} bytes")
+        except Disconnected:
+            return _reject("disconnected", 400, "Client disconnected before the body ended")
         try:
             if self.batch:
                 events = decode_batch(raw, self.window, self.max_events)
@@ -113,7 +119,7 @@ class EventEndpoint:
         while more:
             message = await receive()
             if message["type"] == "http.disconnect":
-                break
+                raise Disconnected
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body:
