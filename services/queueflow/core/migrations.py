@@ -78,21 +78,21 @@ def load_migrations(directory: Path) -> list[Migration]:
     return migrations
 
 
-async def apply_migrations(settings: Settings) -> list[str]:
+async def apply_migrations(settings: Settings, *, attempts: int = 15) -> list[str]:
     """`queueflow migrate`, and what worker and reporting run at start unless
     QUEUEFLOW_AUTO_MIGRATE=false (when a Job or hook migrates instead)."""
     directory = (
         Path(settings.migrations_dir) if settings.migrations_dir else default_migrations_dir()
     )
-    applied = await migrate(settings.database_dsn(), directory)
+    applied = await migrate(settings.database_dsn(), directory, attempts=attempts)
     log.info("schema up to date", applied=applied)
     return applied
 
 
-async def migrate(dsn: str, directory: Path) -> list[str]:
+async def migrate(dsn: str, directory: Path, *, attempts: int = 15) -> list[str]:
     """Apply pending migrations and return their versions; safe from many pods at once."""
     migrations = load_migrations(directory)
-    conn = await connect(dsn)
+    conn = await connect(dsn, attempts=attempts)
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", ADVISORY_LOCK_KEY)
         try:

@@ -40,6 +40,16 @@ WORKER_DEAD_LETTERED = Counter(
     "Entries moved to the dead-letter stream.",
     ["reason"],
 )
+WORKER_RECLAIMED = Counter(
+    "queueflow_worker_events_reclaimed_total",
+    "Entries claimed with XAUTOCLAIM from consumers that left them pending.",
+)
+STREAM_TRIMMED = Counter(
+    "queueflow_stream_trimmed_entries_total", "Processed entries removed by XTRIM MINID."
+)
+CONSUMERS_DELETED = Counter(
+    "queueflow_stream_consumers_deleted_total", "Idle consumers with nothing pending deleted."
+)
 WORKER_BATCH_SIZE = Histogram(
     "queueflow_worker_batch_size_events",
     "Entries per batch read from the stream.",

@@ -6,16 +6,14 @@ All SQL text lives here.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple
 
 import asyncpg
 import structlog
 
 log = structlog.get_logger(__name__)
-T = TypeVar("T")
 
 # One statement, so one transaction: insert raw rows deduplicated on event_id, then fold only
 # the rows actually inserted into the aggregates. Every write is ordered by its key so that
@@ -103,29 +101,23 @@ class DailyStats:
     top_paths: list[tuple[str, int]]
 
 
-async def _with_retries(connect: Callable[[], Awaitable[T]], attempts: int, delay_s: float) -> T:
-    """PostgreSQL may still be starting: try a bounded number of times, then fail loudly."""
+async def create_pool(dsn: str, *, max_size: int) -> asyncpg.Pool:
+    """A pool that connects on first use, so a service starts (and reports not ready) while
+    PostgreSQL is down instead of crash-looping."""
+    return await asyncpg.create_pool(dsn, min_size=0, max_size=max_size, command_timeout=60)
+
+
+async def connect(dsn: str, *, attempts: int = 15, delay_s: float = 1.0) -> asyncpg.Connection:
+    """Connect, waiting a bounded number of tries for PostgreSQL to come up, then fail loudly."""
     for attempt in range(1, attempts + 1):
         try:
-            return await connect()
+            return await asyncpg.connect(dsn)
         except (OSError, asyncpg.CannotConnectNowError, asyncpg.PostgresConnectionError) as exc:
             if attempt == attempts:
                 raise
             log.warning("database not reachable", error=str(exc), tries_left=attempts - attempt)
             await asyncio.sleep(delay_s)
     raise AssertionError("unreachable")
-
-
-async def create_pool(dsn: str, *, max_size: int, attempts: int = 15) -> asyncpg.Pool:
-    return await _with_retries(
-        lambda: asyncpg.create_pool(dsn, min_size=1, max_size=max_size, command_timeout=60),
-        attempts,
-        delay_s=1.0,
-    )
-
-
-async def connect(dsn: str, *, attempts: int = 15) -> asyncpg.Connection:
-    return await _with_retries(lambda: asyncpg.connect(dsn), attempts, delay_s=1.0)
 
 
 class EventStore:

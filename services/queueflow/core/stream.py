@@ -22,6 +22,7 @@ from queueflow.core.errors import StreamUnavailable
 EVENT_FIELD = b"event"
 REASON_FIELD = b"reason"
 SOURCE_ID_FIELD = b"source_id"
+DELIVERIES_FIELD = b"deliveries"
 
 # A batch is appended by one script: one round trip, atomic like MULTI/EXEC (all entries or
 # none), and measured here at 9 us per event against 32 us for a redis-py MULTI pipeline,
@@ -33,6 +34,22 @@ end
 return #ARGV
 """
 
+# Deletes consumers that hold nothing and have been idle long, atomically: checking and then
+# deleting in two calls could delete a consumer that was handed an entry in between, and
+# XGROUP DELCONSUMER drops its pending entries, which would then never be processed.
+DELETE_IDLE_CONSUMERS = """
+local deleted = {}
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+    local f = {}
+    for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
+    if f['name'] ~= ARGV[3] and f['pending'] == 0 and f['idle'] > tonumber(ARGV[2]) then
+        redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
+        table.insert(deleted, f['name'])
+    end
+end
+return deleted
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class Entry:
@@ -41,7 +58,13 @@ class Entry:
 
     @property
     def received_ms(self) -> int:
-        return int(self.id.split(b"-", 1)[0])
+        return parse_id(self.id)[0]
+
+
+def parse_id(entry_id: bytes | str) -> tuple[int, int]:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def connect(url: str, *, timeout_s: float) -> redis.Redis:
@@ -64,6 +87,7 @@ class EventStream:
         self.dead_letter_name = settings.dead_letter_stream
         self.timeout_s = settings.redis_timeout_s
         self._add_many = client.register_script(ADD_MANY)
+        self._delete_idle_consumers = client.register_script(DELETE_IDLE_CONSUMERS)
 
     async def add(self, payloads: Sequence[bytes]) -> None:
         """Append events in one round trip; all of a batch lands or none of it does."""
@@ -105,14 +129,81 @@ class EventStream:
         if ids:
             await self.client.xack(self.name, self.group, *ids)
 
-    async def dead_letter(self, entry: Entry, reason: str) -> None:
+    async def claim_idle(
+        self, consumer: str, *, min_idle_ms: int, cursor: bytes, count: int
+    ) -> tuple[bytes, list[Entry]]:
+        """XAUTOCLAIM one page; returns the cursor for the next page (b"0-0": pass complete).
+        Entries deleted from the stream while pending are dropped from the group by Redis
+        itself and reported in the reply's third part, which needs no further action."""
+        reply = await self.client.xautoclaim(
+            self.name, self.group, consumer, min_idle_ms, cursor, count=count
+        )
+        next_cursor, claimed = reply[0], reply[1]
+        return next_cursor, [Entry(entry_id, fields or {}) for entry_id, fields in claimed]
+
+    async def delivery_counts(self, consumer: str, entries: Sequence[Entry]) -> dict[bytes, int]:
+        """How many times each of this consumer's pending entries was delivered (XPENDING)."""
+        if not entries:
+            return {}
+        rows = await self.client.xpending_range(
+            self.name, self.group, min=entries[0].id, max=entries[-1].id,
+            count=len(entries) * 2, consumername=consumer,
+        )  # fmt: skip
+        return {row["message_id"]: row["times_delivered"] for row in rows}
+
+    async def dead_letter(self, entry: Entry, reason: str, deliveries: int) -> None:
         """Copy the entry with its reason to the dead-letter stream, then ack it: in that order,
         so a crash in between duplicates a dead letter instead of losing an event."""
-        fields = {**entry.fields, REASON_FIELD: reason.encode(), SOURCE_ID_FIELD: entry.id}
+        fields = {
+            **entry.fields,
+            REASON_FIELD: reason.encode(),
+            SOURCE_ID_FIELD: entry.id,
+            DELIVERIES_FIELD: str(deliveries).encode(),
+        }
         pipe = self.client.pipeline(transaction=False)
         pipe.xadd(self.dead_letter_name, fields)
         pipe.xack(self.name, self.group, entry.id)
         await pipe.execute()
+
+    async def backlog(self) -> int:
+        """Entries not yet processed by the group: undelivered (lag) plus pending."""
+        try:
+            groups = await self.client.xinfo_groups(self.name)
+        except ResponseError:  # no stream yet
+            return 0
+        for group in groups:
+            if group["name"].decode() == self.group and group.get("lag") is not None:
+                return group["lag"] + group["pending"]
+        # No group yet (no worker ever ran), or a lag Redis cannot tell after deletions:
+        # the stream holds only unprocessed entries plus what trimming has not removed yet.
+        return await self.client.xlen(self.name)
+
+    async def trim_processed(self) -> int:
+        """XTRIM MINID below the oldest entry any group still needs (pending or undelivered).
+        Never MAXLEN, which would drop unprocessed work. Returns how many entries went."""
+        try:
+            groups = await self.client.xinfo_groups(self.name)
+        except ResponseError:
+            return 0
+        if not groups:
+            return 0  # nobody consumes this stream yet: everything is still needed
+        bounds = []
+        for group in groups:
+            if group["pending"]:
+                summary = await self.client.xpending(self.name, group["name"])
+                bounds.append(parse_id(summary["min"]))
+            else:
+                ms, seq = parse_id(group["last-delivered-id"])
+                bounds.append((ms, seq + 1))
+        ms, seq = min(bounds)
+        return await self.client.xtrim(self.name, minid=f"{ms}-{seq}", approximate=False)
+
+    async def delete_idle_consumers(self, *, idle_ms: int, keep: str) -> list[str]:
+        """XGROUP DELCONSUMER for consumers idle over idle_ms with nothing pending."""
+        deleted = await self._delete_idle_consumers(
+            keys=[self.name], args=[self.group, idle_ms, keep]
+        )
+        return [name.decode() for name in deleted]
 
     async def ping(self) -> None:
         async with asyncio.timeout(self.timeout_s):

@@ -7,8 +7,11 @@ from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
+import asyncpg
+import structlog
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from queueflow import __version__
@@ -16,6 +19,8 @@ from queueflow.core.config import Settings
 from queueflow.core.migrations import apply_migrations
 from queueflow.core.probes import add_probe_routes
 from queueflow.core.store import EventStore, create_pool
+
+log = structlog.get_logger(__name__)
 
 
 class PathViews(BaseModel):
@@ -61,13 +66,27 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         pool = await create_pool(database_url, max_size=settings.db_pool_size)
         if settings.auto_migrate:
-            await apply_migrations(settings)
+            try:
+                await apply_migrations(settings, attempts=1)
+            except (OSError, asyncpg.PostgresError) as exc:
+                # Serve anyway (503 until the database answers); workers migrate when it does.
+                log.warning("could not migrate at start", error=repr(exc))
         try:
             yield {"store": EventStore(pool)}
         finally:
             await pool.close()
 
     app = FastAPI(title="QueueFlow reporting", version=__version__, lifespan=lifespan)
+
+    @app.exception_handler(OSError)
+    @app.exception_handler(TimeoutError)
+    @app.exception_handler(asyncpg.InterfaceError)
+    @app.exception_handler(asyncpg.PostgresConnectionError)
+    @app.exception_handler(asyncpg.CannotConnectNowError)
+    async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("database unavailable", error=repr(exc))
+        return JSONResponse({"detail": "Database unavailable, retry later"}, status_code=503,
+                            headers={"Retry-After": "1"})  # fmt: skip
 
     @app.get("/stats", tags=["reporting"], summary="A site's totals for one UTC day")
     async def stats(

@@ -12,7 +12,6 @@ from fastapi import FastAPI, Request
 
 from queueflow import __version__
 from queueflow.core.config import Settings
-from queueflow.core.migrations import apply_migrations
 from queueflow.core.probes import add_probe_routes
 from queueflow.core.serving import make_server, stop_on_signals
 from queueflow.core.store import EventStore, create_pool
@@ -47,8 +46,6 @@ async def run_worker(settings: Settings, host: str, port: int) -> int:
         settings.redis_dsn(), timeout_s=settings.block_ms / 1000 + settings.redis_timeout_s
     )
     pool = await create_pool(settings.database_dsn(), max_size=2)
-    if settings.auto_migrate:
-        await apply_migrations(settings)
     stream, store = EventStream(client, settings), EventStore(pool)
     server = make_server(create_ops_app(stream, store), host, port)
     serving = asyncio.create_task(server.serve())

@@ -1,0 +1,74 @@
+"""Retrying transient failures: capped exponential backoff with jitter, logged once per outage."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import asyncpg
+import structlog
+from redis.exceptions import RedisError
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+
+class DataRejected(Exception):
+    """PostgreSQL refused a row for what it holds (SQLSTATE class 22 or 23)."""
+
+
+def is_data_error(exc: BaseException) -> bool:
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    return isinstance(exc, asyncpg.PostgresError) and sqlstate[:2] in ("22", "23")
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter; logs when an outage starts and ends."""
+
+    def __init__(self, what: str, base_s: float = 0.05, cap_s: float = 5.0) -> None:
+        self.what, self.base_s, self.cap_s, self.failures = what, base_s, cap_s, 0
+
+    async def failed(self, exc: BaseException) -> None:
+        if self.failures == 0:
+            log.warning(f"{self.what} unavailable, retrying", error=repr(exc))
+        self.failures += 1
+        await asyncio.sleep(random.uniform(0, min(self.cap_s, self.base_s * 2**self.failures)))
+
+    def succeeded(self) -> None:
+        if self.failures:
+            log.info(f"{self.what} available again", failed_attempts=self.failures)
+            self.failures = 0
+
+
+class Retrying:
+    """Runs Redis and PostgreSQL calls until they succeed. Only a PostgreSQL data error
+    escapes (as DataRejected): a lost connection, a restart, a deadlock or a missing table
+    heals by waiting, and whatever is pending stays unacknowledged meanwhile."""
+
+    def __init__(self) -> None:
+        self.redis_backoff = Backoff("redis")
+        self.postgres_backoff = Backoff("postgres")
+
+    async def redis(self, call: Callable[[], Awaitable[T]]) -> T:
+        while True:
+            try:
+                result = await call()
+            except (RedisError, OSError, TimeoutError) as exc:
+                await self.redis_backoff.failed(exc)
+                continue
+            self.redis_backoff.succeeded()
+            return result
+
+    async def postgres(self, call: Callable[[], Awaitable[T]]) -> T:
+        while True:
+            try:
+                result = await call()
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+                if is_data_error(exc):
+                    raise DataRejected(str(exc)) from exc
+                await self.postgres_backoff.failed(exc)
+                continue
+            self.postgres_backoff.succeeded()
+            return result
