@@ -58,10 +58,19 @@ class Service:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "queueflow", command, "--host", "127.0.0.1",
-             "--port", str(self.port), *args],
+            [
+                sys.executable,
+                "-m",
+                "queueflow",
+                command,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                *args,
+            ],
             env={**os.environ, "QUEUEFLOW_LOG_LEVEL": "warning", **env},
-        )  # fmt: skip
+        )
 
     def wait_healthy(self, timeout: float = 20) -> Service:
         deadline = time.monotonic() + timeout

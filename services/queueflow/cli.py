@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Coroutine
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,26 @@ def build_parser() -> argparse.ArgumentParser:
     command("reporting", "Serve GET /stats", {})
     command("worker", "Move events from the stream into PostgreSQL", WORKER_FLAGS)
     command("migrate", "Apply pending database migrations", {}, listens=False)
+    verify = command(
+        "verify", "Recount aggregates from raw events and report differences", {}, listens=False
+    )
+    verify.add_argument("--site-id", help="one site [all sites]")
+    verify.add_argument(
+        "--from", dest="first", type=date.fromisoformat, help="first UTC day [today]"
+    )
+    verify.add_argument("--to", dest="last", type=date.fromisoformat, help="last UTC day [--from]")
+    verify.add_argument("--repair", action="store_true", help="rebuild what differs, atomically")
+    dead = command(
+        "dead-letters",
+        "List, show, replay or purge dead-lettered entries",
+        {"--dead-letter-stream": ("dead_letter_stream", str)},
+        listens=False,
+    )
+    dead.add_argument("action", choices=["list", "show", "replay", "purge"])
+    dead.add_argument("ids", nargs="*", metavar="ID", help="dead-letter entry ids")
+    dead.add_argument("--all", dest="every", action="store_true", help="replay or purge all")
+    dead.add_argument("--count", type=int, default=50, help="list: how many [50]")
+    dead.add_argument("--after", help="list: start after this id")
     return parser
 
 
@@ -81,7 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = {
         dest: getattr(args, dest, None)
-        for dest, _ in (*SETTING_FLAGS.values(), *WORKER_FLAGS.values(), ("workers", int))
+        for dest, _ in (
+            *SETTING_FLAGS.values(),
+            *WORKER_FLAGS.values(),
+            ("workers", int),
+            ("dead_letter_stream", str),
+        )
     }
     try:
         settings = load_settings(**overrides)
@@ -109,6 +135,17 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         )
     if args.command == "migrate":
         return run_async(migrate_command(settings))
+    if args.command == "verify":
+        from queueflow.operator import verify
+
+        first = args.first or datetime.now(UTC).date()
+        return run_async(verify(settings, first, args.last or first, args.site_id, args.repair))
+    if args.command == "dead-letters":
+        from queueflow.operator import dead_letters
+
+        return run_async(
+            dead_letters(settings, args.action, args.ids, args.every, args.count, args.after)
+        )
     if args.command == "worker":
         from queueflow.worker.main import run_worker
 

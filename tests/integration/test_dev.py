@@ -22,11 +22,21 @@ URL_VARS = ("REDIS_URL", "DATABASE_URL")
 def start_dev(data_dir: Path, port: int, env: dict[str, str]) -> subprocess.Popen:
     base = {k: v for k, v in os.environ.items() if k not in URL_VARS}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "queueflow", "dev", "--port", str(port),
-         "--data-dir", str(data_dir)],
+        [
+            sys.executable,
+            "-m",
+            "queueflow",
+            "dev",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data_dir),
+        ],
         env={**base, "QUEUEFLOW_LOG_LEVEL": "warning", **env},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.stdout.read()

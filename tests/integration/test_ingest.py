@@ -74,18 +74,28 @@ BAD_SINGLE = [
     pytest.param(json.dumps({"site_id": "s"}).encode(), "application/json", 422, id="missing"),
     pytest.param(json.dumps(event(x=1)).encode(), "application/json", 422, id="unknown-field"),
     pytest.param(json.dumps(event(path="x")).encode(), "application/json", 422, id="bad-path"),
-    pytest.param(json.dumps(event(user_id="a\u0000b")).encode(), "application/json", 422,
-                 id="nul-in-string"),
-    pytest.param(json.dumps(event(site_id="\u202e\u0007bell")).encode(), "application/json", 422,
-                 id="control-chars"),
-    pytest.param(json.dumps(event(timestamp="2001-01-01T00:00:00Z")).encode(), "application/json",
-                 422, id="too-old"),
+    pytest.param(
+        json.dumps(event(user_id="a\u0000b")).encode(), "application/json", 422, id="nul-in-string"
+    ),
+    pytest.param(
+        json.dumps(event(site_id="\u202e\u0007bell")).encode(),
+        "application/json",
+        422,
+        id="control-chars",
+    ),
+    pytest.param(
+        json.dumps(event(timestamp="2001-01-01T00:00:00Z")).encode(),
+        "application/json",
+        422,
+        id="too-old",
+    ),
     pytest.param(json.dumps([event()]).encode(), "application/json", 422, id="array-to-event"),
-    pytest.param(json.dumps(event()).encode(), "application/x-www-form-urlencoded", 415,
-                 id="form-media-type"),
+    pytest.param(
+        json.dumps(event()).encode(), "application/x-www-form-urlencoded", 415, id="form-media-type"
+    ),
     pytest.param(json.dumps(event()).encode(), "application/xml", 415, id="xml-media-type"),
     pytest.param(b'{"site_id": "\\ud800"}', "application/json", 400, id="lone-surrogate"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("body", "content_type", "status"), BAD_SINGLE)
@@ -108,8 +118,9 @@ async def test_an_oversize_body_is_413_by_content_length(client, redis_client, s
     big = event(properties={"k": "v" * 500}) | {"referrer": "r" * 2000}
     body = json.dumps([big] * 40).encode()
     assert len(body) > settings.max_body_bytes
-    response = await client.post("/events", content=body,
-                                 headers={"content-type": "application/json"})  # fmt: skip
+    response = await client.post(
+        "/events", content=body, headers={"content-type": "application/json"}
+    )
     assert response.status_code == 413
     assert await redis_client.xlen(settings.stream) == 0
 
@@ -121,8 +132,9 @@ async def test_an_oversize_chunked_body_is_cut_off_while_reading(client, redis_c
             yield json.dumps(event(referrer="r" * 400)).encode() + b","
         yield b"{}]"
 
-    response = await client.post("/events", content=chunks(),
-                                 headers={"content-type": "application/json"})  # fmt: skip
+    response = await client.post(
+        "/events", content=chunks(), headers={"content-type": "application/json"}
+    )
     assert response.status_code == 413
     assert await redis_client.xlen(settings.stream) == 0
 

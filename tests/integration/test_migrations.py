@@ -42,16 +42,24 @@ async def test_applies_each_file_once(empty_database: str) -> None:
     assert first == [m.version for m in load_migrations(default_migrations_dir())]
     assert await migrate(empty_database, default_migrations_dir()) == []
     conn = await asyncpg.connect(empty_database)
-    tables = {r[0] for r in await conn.fetch(
-        "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}  # fmt: skip
+    tables = {
+        r[0]
+        for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+    }
     await conn.close()
-    assert {"events", "daily_site_stats", "daily_site_path_counts", "daily_site_users",
-            "schema_migrations"} <= tables  # fmt: skip
+    assert {
+        "events",
+        "daily_site_stats",
+        "daily_site_path_counts",
+        "daily_site_users",
+        "schema_migrations",
+    } <= tables
 
 
 async def test_pods_migrating_together_apply_everything_exactly_once(empty_database: str) -> None:
-    results = await asyncio.gather(*(migrate(empty_database, default_migrations_dir())
-                                     for _ in range(5)))  # fmt: skip
+    results = await asyncio.gather(
+        *(migrate(empty_database, default_migrations_dir()) for _ in range(5))
+    )
     applied = [v for r in results for v in r]
     assert sorted(applied) == [m.version for m in load_migrations(default_migrations_dir())]
 
@@ -99,8 +107,11 @@ def test_a_worker_started_on_an_empty_database_migrates_it(empty_database: str, 
 
 
 def test_auto_migrate_can_be_turned_off(empty_database: str, settings) -> None:
-    env = {**service_env(settings), "DATABASE_URL": empty_database,
-           "QUEUEFLOW_AUTO_MIGRATE": "false"}  # fmt: skip
+    env = {
+        **service_env(settings),
+        "DATABASE_URL": empty_database,
+        "QUEUEFLOW_AUTO_MIGRATE": "false",
+    }
     worker = Service("worker", env).wait_healthy()
     try:
         time.sleep(0.5)

@@ -45,14 +45,16 @@ def workload(n: int, seed: int = 7) -> list[dict]:
             events.append(dict(rng.choice(events)))  # the client resends: same event_id
             continue
         ts = now - timedelta(days=rng.choice([0, 1, 2]), minutes=rng.randint(0, 600))
-        events.append({
-            "event_id": uuid.UUID(int=rng.getrandbits(128)).hex,
-            "site_id": rng.choice(["shop", "blog"]),
-            "event_type": rng.choice(["page_view"] * 4 + ["click", "signup"]),
-            "path": rng.choice(["/", "/pricing", "/docs", "/docs/start", "/blog/ü"]),
-            "user_id": f"user-{rng.randint(1, 300)}",
-            "timestamp": ts.astimezone(rng.choice(TIMEZONES)).isoformat(),
-        })  # fmt: skip
+        events.append(
+            {
+                "event_id": uuid.UUID(int=rng.getrandbits(128)).hex,
+                "site_id": rng.choice(["shop", "blog"]),
+                "event_type": rng.choice(["page_view"] * 4 + ["click", "signup"]),
+                "path": rng.choice(["/", "/pricing", "/docs", "/docs/start", "/blog/ü"]),
+                "user_id": f"user-{rng.randint(1, 300)}",
+                "timestamp": ts.astimezone(rng.choice(TIMEZONES)).isoformat(),
+            }
+        )
     return events
 
 
@@ -88,8 +90,13 @@ def test_every_figure_is_exact_with_two_workers_and_resent_duplicates(services) 
 
 def test_an_event_shows_up_in_stats_within_a_second(services) -> None:
     now = datetime.now(UTC)
-    body = {"site_id": "fresh", "event_type": "page_view", "path": "/", "user_id": "u",
-            "timestamp": now.isoformat()}  # fmt: skip
+    body = {
+        "site_id": "fresh",
+        "event_type": "page_view",
+        "path": "/",
+        "user_id": "u",
+        "timestamp": now.isoformat(),
+    }
     assert httpx.post(f"{services['ingest'].url}/event", json=body).status_code == 202
     sent = time.monotonic()
     while fetch(services["reporting"], "fresh", now.date().isoformat())["total_views"] != 1:

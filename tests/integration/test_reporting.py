@@ -22,20 +22,27 @@ async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 async def seed(database_url: str, rows: list[tuple[str, str, str, str, datetime]]) -> None:
     pool = await create_pool(database_url, max_size=1)
-    await EventStore(pool).save_batch([
-        EventRow(f"e{i}", site, kind, path, user, ts, datetime.now(UTC), None, None)
-        for i, (site, kind, path, user, ts) in enumerate(rows)
-    ])  # fmt: skip
+    await EventStore(pool).save_batch(
+        [
+            EventRow(f"e{i}", site, kind, path, user, ts, datetime.now(UTC), None, None)
+            for i, (site, kind, path, user, ts) in enumerate(rows)
+        ]
+    )
     await pool.close()
 
 
 async def test_stats_for_a_day(client, database_url: str) -> None:
     day = datetime(2026, 5, 4, 12, tzinfo=UTC)
-    await seed(database_url, [
-        ("s", "page_view", "/a", "u1", day), ("s", "page_view", "/a", "u2", day),
-        ("s", "page_view", "/b", "u1", day), ("s", "click", "/b", "u3", day),
-        ("other", "page_view", "/a", "u1", day),
-    ])  # fmt: skip
+    await seed(
+        database_url,
+        [
+            ("s", "page_view", "/a", "u1", day),
+            ("s", "page_view", "/a", "u2", day),
+            ("s", "page_view", "/b", "u1", day),
+            ("s", "click", "/b", "u3", day),
+            ("other", "page_view", "/a", "u1", day),
+        ],
+    )
     response = await client.get("/stats", params={"site_id": "s", "date": "2026-05-04"})
     assert response.status_code == 200
     assert response.json() == {

@@ -35,23 +35,31 @@ def random_events(rng: random.Random, n: int) -> list[dict]:
             hours=rng.choice([-1, 0, 1, 23, 24, 25, 47]), minutes=rng.randint(0, 59)
         )
         offset = timedelta(hours=rng.choice([0, 5, -8]))
-        events.append({
-            "event_id": f"e{i}",
-            "site_id": rng.choice(["a", "b", "c"]),
-            "event_type": rng.choice(["page_view", "page_view", "click", "signup"]),
-            "path": rng.choice(["/", "/a", "/b", "/ü", "/B"]),
-            "user_id": f"u{rng.randint(0, 30)}",
-            "timestamp": ts.astimezone(timezone(offset)).isoformat(),
-        })  # fmt: skip
+        events.append(
+            {
+                "event_id": f"e{i}",
+                "site_id": rng.choice(["a", "b", "c"]),
+                "event_type": rng.choice(["page_view", "page_view", "click", "signup"]),
+                "path": rng.choice(["/", "/a", "/b", "/ü", "/B"]),
+                "user_id": f"u{rng.randint(0, 30)}",
+                "timestamp": ts.astimezone(timezone(offset)).isoformat(),
+            }
+        )
     return events
 
 
 def to_row(e: dict) -> EventRow:
     return EventRow(
-        event_id=e["event_id"], site_id=e["site_id"], event_type=e["event_type"], path=e["path"],
-        user_id=e["user_id"], occurred_at=datetime.fromisoformat(e["timestamp"]),
-        received_at=datetime.now(UTC), referrer=None, properties=None,
-    )  # fmt: skip
+        event_id=e["event_id"],
+        site_id=e["site_id"],
+        event_type=e["event_type"],
+        path=e["path"],
+        user_id=e["user_id"],
+        occurred_at=datetime.fromisoformat(e["timestamp"]),
+        received_at=datetime.now(UTC),
+        referrer=None,
+        properties=None,
+    )
 
 
 async def stored_stats(store: EventStore, keys) -> dict:
@@ -89,8 +97,16 @@ async def test_fold_equals_a_naive_recount(store: EventStore, seed: int) -> None
 
 
 async def test_a_batch_is_atomic(store: EventStore, db: asyncpg.Connection) -> None:
-    good = to_row({"event_id": "ok", "site_id": "s", "event_type": "page_view", "path": "/",
-                   "user_id": "u", "timestamp": DAY0.isoformat()})  # fmt: skip
+    good = to_row(
+        {
+            "event_id": "ok",
+            "site_id": "s",
+            "event_type": "page_view",
+            "path": "/",
+            "user_id": "u",
+            "timestamp": DAY0.isoformat(),
+        }
+    )
     bad = good._replace(event_id="bad", properties="{not json")
     with pytest.raises(asyncpg.DataError):
         await store.save_batch([good, bad])

@@ -12,10 +12,24 @@ from queueflow.core.errors import ConfigError
 
 ENV_NAMES = ["REDIS_URL", "DATABASE_URL"] + [
     f"QUEUEFLOW_{n}"
-    for n in ["STREAM", "GROUP", "CONSUMER", "DEAD_LETTER_STREAM", "BATCH_SIZE", "BLOCK_MS",
-              "CLAIM_IDLE_MS", "MAX_DELIVERIES", "BACKLOG_LIMIT", "MAX_BODY_BYTES",
-              "MAX_BATCH_EVENTS", "WORKERS", "LOG_LEVEL", "LOG_FORMAT", "MAX_EVENT_AGE_DAYS"]
-]  # fmt: skip
+    for n in [
+        "STREAM",
+        "GROUP",
+        "CONSUMER",
+        "DEAD_LETTER_STREAM",
+        "BATCH_SIZE",
+        "BLOCK_MS",
+        "CLAIM_IDLE_MS",
+        "MAX_DELIVERIES",
+        "BACKLOG_LIMIT",
+        "MAX_BODY_BYTES",
+        "MAX_BATCH_EVENTS",
+        "WORKERS",
+        "LOG_LEVEL",
+        "LOG_FORMAT",
+        "MAX_EVENT_AGE_DAYS",
+    ]
+]
 
 
 @pytest.fixture(autouse=True)
@@ -26,8 +40,11 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_defaults_match_the_design() -> None:
     s = load_settings()
-    assert (s.stream, s.group, s.dead_letter_stream) == ("events_stream", "analytics_workers",
-                                                         "events_dead")  # fmt: skip
+    assert (s.stream, s.group, s.dead_letter_stream) == (
+        "events_stream",
+        "analytics_workers",
+        "events_dead",
+    )
     assert (s.batch_size, s.block_ms, s.claim_idle_ms, s.max_deliveries) == (500, 1000, 30000, 5)
     assert (s.backlog_limit, s.max_body_bytes, s.max_batch_events) == (1_000_000, 65536, 500)
     assert (s.workers, s.log_level, s.log_format, s.max_event_age_days) == (1, "info", "json", 30)
@@ -79,8 +96,13 @@ def test_a_missing_url_is_reported_by_its_name() -> None:
 @pytest.mark.parametrize("command", ["ingest", "reporting", "worker", "migrate"])
 def test_commands_exit_2_with_one_line_when_config_is_missing(command: str) -> None:
     env = {"PATH": "/usr/bin:/bin", "QUEUEFLOW_LOG_LEVEL": "warning"}
-    done = subprocess.run([sys.executable, "-m", "queueflow", command], env=env,
-                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "queueflow", command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "configuration error" in lines[0], done.stderr
@@ -89,14 +111,20 @@ def test_commands_exit_2_with_one_line_when_config_is_missing(command: str) -> N
 
 def test_a_bad_value_stops_the_process_before_it_starts() -> None:
     env = {"PATH": "/usr/bin:/bin", "QUEUEFLOW_BATCH_SIZE": "lots", "REDIS_URL": "redis://x"}
-    done = subprocess.run([sys.executable, "-m", "queueflow", "ingest"], env=env,
-                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "queueflow", "ingest"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.returncode == 2
     assert "QUEUEFLOW_BATCH_SIZE" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_help_lists_every_command() -> None:
-    done = subprocess.run([sys.executable, "-m", "queueflow", "--help"],
-                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "queueflow", "--help"], capture_output=True, text=True, timeout=30
+    )
     for command in ("dev", "ingest", "reporting", "worker", "migrate"):
         assert command in done.stdout

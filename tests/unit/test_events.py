@@ -177,8 +177,9 @@ def test_the_stream_payload_round_trips_without_the_time_window() -> None:
     back = decode_entry(payload)
     assert back == e
     # An old accepted event still decodes in the worker, whatever the window says now.
-    old = decode_event(json.dumps(event(timestamp="2001-01-01T00:00:00Z", event_id="o")).encode(),
-                       EventWindow(0))  # fmt: skip
+    old = decode_event(
+        json.dumps(event(timestamp="2001-01-01T00:00:00Z", event_id="o")).encode(), EventWindow(0)
+    )
     assert decode_entry(encode_event(old)).timestamp.year == 2001
 
 

@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     consumer_idle_delete_ms: int = Field(3_600_000, ge=1_000)  # then an empty consumer goes
     max_deliveries: int = Field(5, ge=1)
     backlog_limit: int = Field(1_000_000, ge=1)
+    backlog_refresh_ms: int = Field(1_000, ge=50)  # how stale ingest's backlog figure may be
     max_body_bytes: int = Field(65_536, ge=1024)
     max_batch_events: int = Field(500, ge=1)
     max_event_age_days: int = Field(30, ge=0)  # 0 lifts the lower bound (back-fills)

@@ -80,6 +80,56 @@ LEFT JOIN daily_site_stats s ON s.site_id = $1 AND s.date = $2
 """
 
 
+# `queueflow verify`: the aggregates recomputed from the raw events, compared with the stored
+# ones. $1/$2 bound the UTC dates, $3 is a site or NULL for all sites.
+RANGE = "date BETWEEN $1 AND $2 AND ($3::text IS NULL OR site_id = $3)"
+STATS_FROM_EVENTS = f"""
+SELECT site_id, date, count(*) FILTER (WHERE event_type = 'page_view') AS total_views,
+       count(DISTINCT user_id) AS unique_users
+FROM events WHERE {RANGE} GROUP BY site_id, date
+"""
+PATHS_FROM_EVENTS = f"""
+SELECT site_id, date, path, count(*) AS views
+FROM events WHERE event_type = 'page_view' AND {RANGE} GROUP BY site_id, date, path
+"""
+USERS_FROM_EVENTS = f"SELECT DISTINCT site_id, date, user_id FROM events WHERE {RANGE}"
+STATS_DIFFERENCES = f"""
+SELECT site_id, date, e.total_views AS expected_views, a.total_views AS stored_views,
+       e.unique_users AS expected_users, a.unique_users AS stored_users
+FROM ({STATS_FROM_EVENTS}) e
+FULL JOIN (SELECT * FROM daily_site_stats WHERE {RANGE}) a USING (site_id, date)
+WHERE e.total_views IS DISTINCT FROM a.total_views
+   OR e.unique_users IS DISTINCT FROM a.unique_users
+ORDER BY site_id, date
+"""
+PATH_DIFFERENCES = f"""
+SELECT site_id, date, path, e.views AS expected_views, a.views AS stored_views
+FROM ({PATHS_FROM_EVENTS}) e
+FULL JOIN (SELECT * FROM daily_site_path_counts WHERE {RANGE}) a USING (site_id, date, path)
+WHERE e.views IS DISTINCT FROM a.views
+ORDER BY site_id, date, path
+"""
+USER_DIFFERENCES = f"""
+SELECT count(*) FROM ({USERS_FROM_EVENTS}) e
+FULL JOIN (SELECT * FROM daily_site_users WHERE {RANGE}) a USING (site_id, date, user_id)
+WHERE e.user_id IS NULL OR a.user_id IS NULL
+"""
+CHECKED_DAYS = f"SELECT count(*) FROM ({STATS_FROM_EVENTS}) e"
+# Rebuilding takes a lock that conflicts with the workers' upserts, so no batch folds into
+# a site-day while it is rebuilt; batches committed before the lock are in the recount,
+# batches after it fold into the rebuilt figures.
+REBUILD = [
+    "LOCK TABLE daily_site_stats, daily_site_path_counts, daily_site_users "
+    "IN SHARE ROW EXCLUSIVE MODE",
+    f"DELETE FROM daily_site_users WHERE {RANGE}",
+    f"INSERT INTO daily_site_users (site_id, date, user_id) {USERS_FROM_EVENTS}",
+    f"DELETE FROM daily_site_path_counts WHERE {RANGE}",
+    f"INSERT INTO daily_site_path_counts (site_id, date, path, views) {PATHS_FROM_EVENTS}",
+    f"DELETE FROM daily_site_stats WHERE {RANGE}",
+    f"INSERT INTO daily_site_stats (site_id, date, total_views, unique_users) {STATS_FROM_EVENTS}",
+]
+
+
 class EventRow(NamedTuple):
     """One raw event row, in the column order of SAVE_BATCH's unnest()."""
 
@@ -92,6 +142,18 @@ class EventRow(NamedTuple):
     received_at: datetime
     referrer: str | None
     properties: str | None  # JSON text
+
+
+@dataclass(frozen=True, slots=True)
+class Audit:
+    site_days: int  # site-days that have raw events in the range
+    stats: list[dict]  # daily_site_stats rows that differ from the recount
+    paths: list[dict]  # daily_site_path_counts rows that differ
+    user_rows: int  # rows of daily_site_users missing or extra
+
+    @property
+    def clean(self) -> bool:
+        return not self.stats and not self.paths and not self.user_rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +200,28 @@ class EventStore:
             unique_users=row["unique_users"],
             top_paths=list(zip(row["paths"], row["views"], strict=True)),
         )
+
+    async def audit(self, first: date, last: date, site_id: str | None) -> Audit:
+        """Compare stored aggregates with a recount from the raw events, in one snapshot."""
+        args = (first, last, site_id)
+        async with (
+            self.pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            return Audit(
+                site_days=await conn.fetchval(CHECKED_DAYS, *args),
+                stats=[dict(r) for r in await conn.fetch(STATS_DIFFERENCES, *args)],
+                paths=[dict(r) for r in await conn.fetch(PATH_DIFFERENCES, *args)],
+                user_rows=await conn.fetchval(USER_DIFFERENCES, *args),
+            )
+
+    async def rebuild_aggregates(self, first: date, last: date, site_id: str | None) -> None:
+        """Rewrite the aggregates of the range from the raw events, in one transaction."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            for statement in REBUILD:
+                await conn.execute(
+                    statement, *(() if "$1" not in statement else (first, last, site_id))
+                )
 
     async def ping(self) -> None:
         async with self.pool.acquire(timeout=2) as conn:

@@ -146,9 +146,13 @@ class EventStream:
         if not entries:
             return {}
         rows = await self.client.xpending_range(
-            self.name, self.group, min=entries[0].id, max=entries[-1].id,
-            count=len(entries) * 2, consumername=consumer,
-        )  # fmt: skip
+            self.name,
+            self.group,
+            min=entries[0].id,
+            max=entries[-1].id,
+            count=len(entries) * 2,
+            consumername=consumer,
+        )
         return {row["message_id"]: row["times_delivered"] for row in rows}
 
     async def dead_letter(self, entry: Entry, reason: str, deliveries: int) -> None:

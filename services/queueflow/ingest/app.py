@@ -8,6 +8,7 @@ the event routes in its OpenAPI schema.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -33,6 +34,7 @@ from queueflow.core.events import (
 )
 from queueflow.core.probes import add_probe_routes
 from queueflow.core.stream import EventStream, connect
+from queueflow.ingest.backpressure import Backlog
 from queueflow.ingest.openapi import event_routes_openapi
 
 JSON_TYPES = (b"application/json", b"text/plain")  # text/plain: navigator.sendBeacon(string)
@@ -75,6 +77,13 @@ class EventEndpoint:
                 declared_length = int(value) if value.isdigit() else None
         if content_type and content_type not in JSON_TYPES:
             return _reject("media_type", 415, "Content-Type must be application/json or text/plain")
+        if scope["state"]["backlog"].over:
+            return _reject(
+                "backpressure",
+                503,
+                "Workers are behind, retry later",
+                extra_headers=[(b"retry-after", b"5")],
+            )
         try:
             if declared_length is not None and declared_length > self.max_body:
                 raise TooLarge
@@ -143,9 +152,16 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         client = connect(redis_url, timeout_s=settings.redis_timeout_s)
+        stream = EventStream(client, settings)
+        backlog = Backlog(
+            stream, limit=settings.backlog_limit, refresh_s=settings.backlog_refresh_ms / 1000
+        )
+        await backlog.refresh()
+        watching = asyncio.create_task(backlog.run())
         try:
-            yield {"stream": EventStream(client, settings)}
+            yield {"stream": stream, "backlog": backlog}
         finally:
+            watching.cancel()
             await client.aclose()
 
     app = FastAPI(title="QueueFlow ingest", version=__version__, lifespan=lifespan)

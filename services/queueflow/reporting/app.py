@@ -85,8 +85,11 @@ def create_app(settings: Settings) -> FastAPI:
     @app.exception_handler(asyncpg.CannotConnectNowError)
     async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
         log.warning("database unavailable", error=repr(exc))
-        return JSONResponse({"detail": "Database unavailable, retry later"}, status_code=503,
-                            headers={"Retry-After": "1"})  # fmt: skip
+        return JSONResponse(
+            {"detail": "Database unavailable, retry later"},
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
 
     @app.get("/stats", tags=["reporting"], summary="A site's totals for one UTC day")
     async def stats(

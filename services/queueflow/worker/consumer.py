@@ -39,25 +39,35 @@ class Consumer:
         self.name = settings.consumer
         self.retry = Retrying()
         self.reclaimer = Reclaimer(
-            stream, self.name, min_idle_ms=settings.claim_idle_ms,
-            page_size=settings.batch_size, interval_s=settings.reclaim_interval_ms / 1000,
-        )  # fmt: skip
+            stream,
+            self.name,
+            min_idle_ms=settings.claim_idle_ms,
+            page_size=settings.batch_size,
+            interval_s=settings.reclaim_interval_ms / 1000,
+        )
         self.housekeeping = Housekeeping(
-            stream, self.name, interval_s=settings.trim_interval_ms / 1000,
+            stream,
+            self.name,
+            interval_s=settings.trim_interval_ms / 1000,
             consumer_idle_ms=settings.consumer_idle_delete_ms,
-        )  # fmt: skip
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set; the batch in hand is always finished and acknowledged."""
         if self.settings.auto_migrate:
             await self.retry.postgres(partial(apply_migrations, self.settings, attempts=1))
         await self.retry.redis(self.stream.ensure_group)
-        read_pending = partial(self.stream.read, self.name, count=self.settings.batch_size,
-                               block_ms=None, pending=True)  # fmt: skip
+        read_pending = partial(
+            self.stream.read, self.name, count=self.settings.batch_size, block_ms=None, pending=True
+        )
         while not stop.is_set() and (entries := await self.retry.redis(read_pending)):
             await self.process(entries, redelivered=True)
-        read_new = partial(self.stream.read, self.name, count=self.settings.batch_size,
-                           block_ms=self.settings.block_ms)  # fmt: skip
+        read_new = partial(
+            self.stream.read,
+            self.name,
+            count=self.settings.batch_size,
+            block_ms=self.settings.block_ms,
+        )
         while not stop.is_set():
             if self.reclaimer.due():
                 reclaimed = await self.retry.redis(self.reclaimer.next_page)
@@ -87,8 +97,9 @@ class Consumer:
             if not entry.fields:
                 continue  # deleted from the stream while pending: nothing left to store
             if delivered > self.settings.max_deliveries:
-                await self._dead_letter(entry, f"max deliveries: delivered {delivered} times",
-                                        delivered)  # fmt: skip
+                await self._dead_letter(
+                    entry, f"max deliveries: delivered {delivered} times", delivered
+                )
             elif payload is None:
                 await self._dead_letter(entry, "undecodable: no event field", delivered)
             else:
@@ -114,8 +125,9 @@ class Consumer:
         except DataRejected as exc:
             if len(batch) == 1:
                 entry = batch[0][0]
-                await self._dead_letter(entry, f"rejected by database: {exc}",
-                                        deliveries.get(entry.id, 1))  # fmt: skip
+                await self._dead_letter(
+                    entry, f"rejected by database: {exc}", deliveries.get(entry.id, 1)
+                )
                 return 0
             half = len(batch) // 2
             return await self._save(batch[:half], deliveries) + await self._save(

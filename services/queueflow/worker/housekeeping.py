@@ -14,8 +14,9 @@ log = structlog.get_logger(__name__)
 
 
 class Housekeeping:
-    def __init__(self, stream: EventStream, consumer: str, *, interval_s: float,
-                 consumer_idle_ms: int) -> None:  # fmt: skip
+    def __init__(
+        self, stream: EventStream, consumer: str, *, interval_s: float, consumer_idle_ms: int
+    ) -> None:
         self.stream = stream
         self.consumer = consumer
         self.interval_s = interval_s

@@ -16,8 +16,15 @@ START = b"0-0"
 
 
 class Reclaimer:
-    def __init__(self, stream: EventStream, consumer: str, *, min_idle_ms: int,
-                 page_size: int, interval_s: float) -> None:  # fmt: skip
+    def __init__(
+        self,
+        stream: EventStream,
+        consumer: str,
+        *,
+        min_idle_ms: int,
+        page_size: int,
+        interval_s: float,
+    ) -> None:
         self.stream = stream
         self.consumer = consumer
         self.min_idle_ms = min_idle_ms

@@ -1,0 +1,92 @@
+"""Operator commands: `queueflow verify` proves the numbers, `queueflow dead-letters` shows
+why entries were set aside and pushes them back once the cause is fixed."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+
+from queueflow.core.config import Settings
+from queueflow.core.dead_letters import DeadLetters
+from queueflow.core.store import EventStore, create_pool
+from queueflow.core.stream import EventStream, connect
+
+
+async def verify(
+    settings: Settings, first: date, last: date, site_id: str | None, repair: bool
+) -> int:
+    """Exit 0 when the aggregates equal a recount from the raw events (or were repaired)."""
+    pool = await create_pool(settings.database_dsn(), max_size=1)
+    try:
+        store = EventStore(pool)
+        audit = await store.audit(first, last, site_id)
+        scope = f"{site_id or 'all sites'}, {first} to {last}"
+        for row in audit.stats:
+            print(
+                f"{row['site_id']} {row['date']}: total_views {row['stored_views']} "
+                f"(events say {row['expected_views']}), unique_users {row['stored_users']} "
+                f"(events say {row['expected_users']})"
+            )
+        for row in audit.paths:
+            print(
+                f"{row['site_id']} {row['date']} {row['path']}: views {row['stored_views']} "
+                f"(events say {row['expected_views']})"
+            )
+        if audit.user_rows:
+            print(f"{audit.user_rows} rows of the per-day user sets differ from the events")
+        if audit.clean:
+            print(f"verified {audit.site_days} site-days ({scope}): aggregates match the events")
+            return 0
+        if not repair:
+            print(f"MISMATCH ({scope}); run again with --repair to rebuild from the events")
+            return 1
+        await store.rebuild_aggregates(first, last, site_id)
+        after = await store.audit(first, last, site_id)
+        print(f"repaired ({scope}): {'aggregates now match' if after.clean else 'STILL DIFFERENT'}")
+        return 0 if after.clean else 1
+    finally:
+        await pool.close()
+
+
+async def dead_letters(
+    settings: Settings, action: str, ids: list[str], every: bool, count: int, after: str | None
+) -> int:
+    client = connect(settings.redis_dsn(), timeout_s=10)
+    try:
+        letters = DeadLetters(EventStream(client, settings))
+        if action == "list":
+            page = await letters.page(count=count, after=after)
+            print(f"{await letters.count()} dead letters in {letters.name}")
+            for letter in page:
+                event_id = _event_id(letter.original.get("event", ""))
+                print(
+                    f"{letter.id}  deliveries={letter.deliveries}  event_id={event_id}  "
+                    f"reason={letter.reason}"
+                )
+            return 0
+        if action == "show":
+            found = [await letters.get(entry_id) for entry_id in ids]
+            for entry_id, letter in zip(ids, found, strict=True):
+                print(json.dumps(letter.as_dict() if letter else {"id": entry_id, "found": False}))
+            return 0 if all(found) else 1
+        selection = None if every else ids
+        if selection is not None and not selection:
+            print(f"name dead-letter ids to {action}, or --all")
+            return 2
+        if action == "replay":
+            replayed, skipped = await letters.replay(selection)
+            print(f"replayed {replayed} dead letters to {settings.stream}")
+            if skipped:
+                print(f"left {len(skipped)} without an event field: {' '.join(skipped)}")
+            return 0
+        print(f"purged {await letters.purge(selection)} dead letters")
+        return 0
+    finally:
+        await client.aclose()
+
+
+def _event_id(payload: str) -> str:
+    try:
+        return str(json.loads(payload).get("event_id", "-"))
+    except (ValueError, AttributeError):
+        return "-"
