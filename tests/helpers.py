@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import UTC, date, datetime
 from typing import Any
 
 import httpx
 
+from queueflow.core.events import EventWindow, decode_event, encode_event
 from queueflow.core.serving import make_server
 from queueflow.embedded import free_port
 
@@ -126,3 +128,32 @@ def expected_stats(events: Iterable[dict[str, Any]]) -> dict[tuple[str, date], d
         }
         for key in users
     }
+
+
+@contextlib.asynccontextmanager
+async def running(consumer: Any) -> AsyncIterator[None]:
+    """Run a worker Consumer in this event loop; stop it (finishing its batch) on exit."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout_s: float = 10) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not await check():  # noqa: ASYNC110 - polling another process's state
+            await asyncio.sleep(0.05)
+
+
+def payload(**fields: Any) -> bytes:
+    """A stream entry's payload for a valid event."""
+    return encode_event(decode_event(json.dumps(event(**fields)).encode(), EventWindow(30)))
+
+
+async def group_state(r: Any, settings: Any) -> tuple[int, int] | None:
+    """(lag, pending) of the test's consumer group, or None before a worker created it."""
+    groups = await r.xinfo_groups(settings.stream) if await r.exists(settings.stream) else []
+    return (groups[0]["lag"], groups[0]["pending"]) if groups else None

@@ -4,56 +4,13 @@ poison isolated to the dead-letter stream, and a failing database never acked pa
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-from collections.abc import AsyncIterator, Callable
 
-import pytest
 import redis.asyncio as redis
 
 from queueflow.core.config import Settings
-from queueflow.core.events import Event, EventWindow, decode_event, encode_event
-from queueflow.core.store import EventStore, create_pool
-from queueflow.core.stream import EVENT_FIELD, EventStream, connect
+from queueflow.core.stream import EVENT_FIELD
 from queueflow.worker.consumer import Consumer
-from tests.helpers import event
-
-
-@pytest.fixture
-async def parts(settings: Settings) -> AsyncIterator[tuple[EventStream, EventStore]]:
-    client = connect(settings.redis_dsn(), timeout_s=5)
-    pool = await create_pool(settings.database_dsn(), max_size=2)
-    yield EventStream(client, settings), EventStore(pool)
-    await pool.close()
-    await client.aclose()
-
-
-@contextlib.asynccontextmanager
-async def running(consumer: Consumer) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(consumer.run(stop))
-    try:
-        yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
-
-
-async def until(check: Callable) -> None:
-    async with asyncio.timeout(10):
-        while not await check():  # noqa: ASYNC110 - polling another process's state
-            await asyncio.sleep(0.05)
-
-
-def payload(**fields) -> bytes:
-    e: Event = decode_event(json.dumps(event(**fields)).encode(), EventWindow(30))
-    return encode_event(e)
-
-
-async def group_state(r: redis.Redis, settings: Settings) -> tuple[int, int] | None:
-    """(lag, pending) of the test's consumer group, or None before a worker created it."""
-    groups = await r.xinfo_groups(settings.stream) if await r.exists(settings.stream) else []
-    return (groups[0]["lag"], groups[0]["pending"]) if groups else None
+from tests.helpers import group_state, payload, running, until
 
 
 async def pending_count(r: redis.Redis, settings: Settings) -> int:

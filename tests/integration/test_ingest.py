@@ -15,7 +15,7 @@ import redis.asyncio as redis
 
 from queueflow.core.config import Settings
 from queueflow.core.events import decode_entry
-from queueflow.core.stream import EVENT_FIELD
+from queueflow.core.stream import EVENT_FIELD, EventStream
 from queueflow.embedded import free_port
 from queueflow.ingest.app import create_app
 from tests.helpers import event, serve
@@ -226,3 +226,21 @@ async def test_redis_unreachable_is_503_with_retry_after_within_2s(settings, kin
                 assert int(response.headers["retry-after"]) >= 1
             ready = await client.get("/readyz")
             assert ready.status_code == 503 and ready.json()["checks"]["redis"].startswith("unav")
+
+
+async def test_backlog_over_the_limit_is_503_until_workers_catch_up(settings, redis_client):
+    limited = settings.model_copy(update={"backlog_limit": 5, "backlog_refresh_ms": 50})
+    stream = EventStream(redis_client, settings)
+    async with serve(create_app(limited)) as client:
+        assert (await client.post("/events", json=[event()] * 8)).status_code == 202
+        await asyncio.sleep(0.2)
+        refused = await client.post("/event", json=event())
+        assert refused.status_code == 503 and int(refused.headers["retry-after"]) > 0
+        assert await redis_client.xlen(settings.stream) == 8
+        # A worker catches up: everything delivered and acknowledged.
+        await stream.ensure_group()
+        await stream.ack([e.id for e in await stream.read("w", count=100, block_ms=10)])
+        await asyncio.sleep(0.2)
+        assert (await client.post("/event", json=event())).status_code == 202
+        metrics = (await client.get("/metrics")).text
+        assert 'queueflow_ingest_events_rejected_total{reason="backpressure"}' in metrics
