@@ -6,15 +6,18 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
+import asyncpg
 import httpx
 
 from queueflow.core.events import EventWindow, decode_event, encode_event
@@ -90,6 +93,18 @@ class Service:
             self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout)
 
+    def kill(self) -> None:
+        """SIGKILL: the process dies mid-whatever, as on an OOM kill or a node loss."""
+        self.proc.kill()
+        self.proc.wait()
+
+    def metric(self, name: str) -> float:
+        """One sample's value from this service's /metrics (0 when absent)."""
+        for line in httpx.get(f"{self.url}/metrics", timeout=5).text.splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
 
 def service_env(settings: Any) -> dict[str, str]:
     return {
@@ -99,6 +114,82 @@ def service_env(settings: Any) -> dict[str, str]:
         "QUEUEFLOW_GROUP": settings.group,
         "QUEUEFLOW_DEAD_LETTER_STREAM": settings.dead_letter_stream,
     }
+
+
+TIMEZONES = [UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-8))]
+
+
+def workload(n: int, seed: int = 7) -> list[dict]:
+    """Events over two sites and three UTC days (sent with mixed offsets), with resends."""
+    rng = random.Random(seed)
+    now = datetime.now(UTC)
+    events: list[dict] = []
+    for _ in range(n):
+        if events and rng.random() < 0.1:
+            events.append(dict(rng.choice(events)))  # the client resends: same event_id
+            continue
+        ts = now - timedelta(days=rng.choice([0, 1, 2]), minutes=rng.randint(0, 600))
+        events.append(
+            {
+                "event_id": uuid.UUID(int=rng.getrandbits(128)).hex,
+                "site_id": rng.choice(["shop", "blog"]),
+                "event_type": rng.choice(["page_view"] * 4 + ["click", "signup"]),
+                "path": rng.choice(["/", "/pricing", "/docs", "/docs/start", "/blog/ü"]),
+                "user_id": f"user-{rng.randint(1, 300)}",
+                "timestamp": ts.astimezone(rng.choice(TIMEZONES)).isoformat(),
+            }
+        )
+    return events
+
+
+def send(url: str, events: list[dict[str, Any]], batch: int = 200) -> None:
+    """POST events in batches to a running ingest; every batch must be accepted."""
+    with httpx.Client(base_url=url, timeout=10) as client:
+        for i in range(0, len(events), batch):
+            response = client.post("/events", json=events[i : i + batch])
+            assert response.status_code == 202, response.text
+
+
+async def stored_stats(database_url: str, keys: Iterable[tuple[str, date]]) -> dict:
+    """What the aggregate tables say for each (site, day), shaped like expected_stats."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        found = {}
+        for site, day in keys:
+            row = await conn.fetchrow(
+                "SELECT total_views, unique_users FROM daily_site_stats "
+                "WHERE site_id = $1 AND date = $2",
+                site,
+                day,
+            )
+            paths = await conn.fetch(
+                "SELECT path, views FROM daily_site_path_counts WHERE site_id = $1 AND date = $2 "
+                'ORDER BY views DESC, path COLLATE "C"',
+                site,
+                day,
+            )
+            found[(site, day)] = {
+                "total_views": row["total_views"] if row else 0,
+                "unique_users": row["unique_users"] if row else 0,
+                "top_paths": [{"path": p["path"], "views": p["views"]} for p in paths],
+            }
+        return found
+    finally:
+        await conn.close()
+
+
+def wait_until_exact(
+    database_url: str, events: list[dict[str, Any]], timeout_s: float = 60
+) -> float:
+    """Poll the aggregates until they equal the naive recount; returns the seconds it took."""
+    expected = expected_stats(events)
+    started = time.monotonic()
+    while True:
+        actual = asyncio.run(stored_stats(database_url, expected))
+        if actual == expected:
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout_s:
+            assert actual == expected
 
 
 def expected_stats(events: Iterable[dict[str, Any]]) -> dict[tuple[str, date], dict[str, Any]]:

@@ -18,8 +18,13 @@ TODAY = datetime.now(UTC).date().isoformat()
 
 def queueflow(settings: Settings, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, **service_env(settings), "QUEUEFLOW_LOG_LEVEL": "warning"}
-    return subprocess.run([sys.executable, "-m", "queueflow", *args], env=env,
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "queueflow", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 async def drain(parts, settings: Settings, events: int) -> None:
@@ -34,8 +39,9 @@ async def _drained(stream, settings) -> bool:
 
 async def test_verify_passes_then_catches_and_repairs_a_tampered_aggregate(parts, settings, db):
     stream, _ = parts
-    await stream.add([payload(event_id=f"v{i}", path=f"/p{i % 3}", user_id=f"u{i % 4}")
-                      for i in range(12)])  # fmt: skip
+    await stream.add(
+        [payload(event_id=f"v{i}", path=f"/p{i % 3}", user_id=f"u{i % 4}") for i in range(12)]
+    )
     await drain(parts, settings, 12)
     ok = queueflow(settings, "verify", "--from", TODAY)
     assert ok.returncode == 0 and "match" in ok.stdout, ok.stdout + ok.stderr

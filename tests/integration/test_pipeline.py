@@ -3,19 +3,15 @@
 
 from __future__ import annotations
 
-import random
 import time
-import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime
 
 import httpx
 import pytest
 
 from queueflow.core.config import Settings
-from tests.helpers import Service, expected_stats, service_env
-
-TIMEZONES = [UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-8))]
+from tests.helpers import Service, expected_stats, service_env, workload
 
 
 @pytest.fixture
@@ -33,29 +29,6 @@ def services(settings: Settings) -> Iterator[dict[str, Service]]:
     finally:
         codes = {name: service.stop() for name, service in started.items()}
         assert all(code == 0 for code in codes.values()), codes
-
-
-def workload(n: int, seed: int = 7) -> list[dict]:
-    """Events over two sites and three UTC days (sent with mixed offsets), with resends."""
-    rng = random.Random(seed)
-    now = datetime.now(UTC)
-    events: list[dict] = []
-    for _ in range(n):
-        if events and rng.random() < 0.1:
-            events.append(dict(rng.choice(events)))  # the client resends: same event_id
-            continue
-        ts = now - timedelta(days=rng.choice([0, 1, 2]), minutes=rng.randint(0, 600))
-        events.append(
-            {
-                "event_id": uuid.UUID(int=rng.getrandbits(128)).hex,
-                "site_id": rng.choice(["shop", "blog"]),
-                "event_type": rng.choice(["page_view"] * 4 + ["click", "signup"]),
-                "path": rng.choice(["/", "/pricing", "/docs", "/docs/start", "/blog/ü"]),
-                "user_id": f"user-{rng.randint(1, 300)}",
-                "timestamp": ts.astimezone(rng.choice(TIMEZONES)).isoformat(),
-            }
-        )
-    return events
 
 
 def fetch(reporting: Service, site: str, day: str) -> dict:

@@ -76,7 +76,12 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
         processors=[
             *shared,
             structlog.processors.StackInfoRenderer(),
-            structlog.processors.dict_tracebacks if fmt == "json" else structlog.dev.set_exc_info,
+            # Tracebacks without local variables: those can hold event data and credentials.
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            )
+            if fmt == "json"
+            else structlog.dev.set_exc_info,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),

@@ -6,6 +6,8 @@ All SQL text lives here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import NamedTuple
@@ -186,14 +188,25 @@ class EventStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        async with self.pool.acquire() as conn:
+            try:
+                yield conn
+            except (asyncpg.InterfaceError, asyncpg.InternalClientError):
+                # A connection cut mid-statement can leave asyncpg's protocol in a state the
+                # pool would hand out again; drop it so the next try gets a fresh one.
+                conn.terminate()
+                raise
+
     async def save_batch(self, rows: list[EventRow]) -> int:
         """Store a batch atomically; returns how many rows were new (the rest were duplicates)."""
         columns = list(zip(*rows, strict=True))
-        async with self.pool.acquire() as conn:
+        async with self._connection() as conn:
             return await conn.fetchval(SAVE_BATCH, *columns)
 
     async def daily_stats(self, site_id: str, day: date, limit: int) -> DailyStats:
-        async with self.pool.acquire() as conn:
+        async with self._connection() as conn:
             row = await conn.fetchrow(DAILY_STATS, site_id, day, limit)
         return DailyStats(
             total_views=row["total_views"],

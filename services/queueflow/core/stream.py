@@ -193,12 +193,13 @@ class EventStream:
             return 0  # nobody consumes this stream yet: everything is still needed
         bounds = []
         for group in groups:
+            ms, seq = parse_id(group["last-delivered-id"])
+            bound = (ms, seq + 1)  # everything after the last delivered entry is still needed
             if group["pending"]:
-                summary = await self.client.xpending(self.name, group["name"])
-                bounds.append(parse_id(summary["min"]))
-            else:
-                ms, seq = parse_id(group["last-delivered-id"])
-                bounds.append((ms, seq + 1))
+                oldest = (await self.client.xpending(self.name, group["name"]))["min"]
+                if oldest is not None:  # None: acknowledged since XINFO was read
+                    bound = min(bound, parse_id(oldest))
+            bounds.append(bound)
         ms, seq = min(bounds)
         return await self.client.xtrim(self.name, minid=f"{ms}-{seq}", approximate=False)
 

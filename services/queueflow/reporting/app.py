@@ -81,6 +81,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.exception_handler(OSError)
     @app.exception_handler(TimeoutError)
     @app.exception_handler(asyncpg.InterfaceError)
+    @app.exception_handler(asyncpg.InternalClientError)
     @app.exception_handler(asyncpg.PostgresConnectionError)
     @app.exception_handler(asyncpg.CannotConnectNowError)
     async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:

@@ -65,7 +65,13 @@ class Retrying:
         while True:
             try:
                 result = await call()
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            except (
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                asyncpg.InternalClientError,
+                OSError,
+                TimeoutError,
+            ) as exc:
                 if is_data_error(exc):
                     raise DataRejected(str(exc)) from exc
                 await self.postgres_backoff.failed(exc)
