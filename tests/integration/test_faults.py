@@ -5,10 +5,12 @@ exact totals and `queueflow verify`."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +21,7 @@ import redis
 
 from queueflow.core.config import Settings
 from queueflow.core.stream import EVENT_FIELD
-from queueflow.embedded import start_postgres, start_valkey
+from queueflow.embedded import free_port, start_postgres, start_valkey
 from tests.conftest import with_database
 from tests.helpers import Service, send, service_env, wait_until_exact, workload
 
@@ -279,3 +281,48 @@ def test_backlog_over_the_limit_refuses_then_resumes(started, env, settings) -> 
         time.sleep(0.2)
     wait_until_exact(str(settings.database_url), [*accepted, *workload(1, seed=9)])
     verify(env, accepted)
+
+
+def test_ingest_stopped_under_load_loses_no_accepted_event(started, env) -> None:
+    ingest = start(started, "ingest", env)
+    accepted: list[str] = []
+    stopping = threading.Event()
+
+    def client_loop(seed: int) -> None:
+        with httpx.Client(base_url=ingest.url, timeout=5) as client:
+            for event in workload(2_000, seed=seed):
+                if stopping.is_set() and ingest.proc.poll() is not None:
+                    return
+                try:
+                    response = client.post("/event", json=event)
+                except httpx.HTTPError:
+                    continue  # refused or cut while stopping: the client would retry
+                if response.status_code == 202:
+                    accepted.append(response.json()["event_id"])
+
+    threads = [threading.Thread(target=client_loop, args=(seed,)) for seed in range(6)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)
+    stopping.set()
+    assert ingest.stop() == 0
+    for thread in threads:
+        thread.join()
+    r = redis.from_url(env["REDIS_URL"])
+    stored = {json.loads(f[EVENT_FIELD])["event_id"] for _, f in r.xrange(env["QUEUEFLOW_STREAM"])}
+    r.close()
+    assert accepted and set(accepted) <= stored
+
+
+def test_a_worker_starts_and_reports_a_database_that_is_down(started, env) -> None:
+    down = {**env, "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"}
+    worker = start(started, "worker", down, QUEUEFLOW_CONSUMER="patient")
+    time.sleep(1.0)
+    assert worker.proc.poll() is None  # waiting with backoff, not crash-looping
+    ready = httpx.get(f"{worker.url}/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["postgres"].startswith("unavailable")
+    assert ready.json()["checks"]["redis"] == "ok"
+    stopping = time.monotonic()
+    assert worker.stop() == 0
+    assert time.monotonic() - stopping < 5  # no waiting out the shutdown timeout

@@ -24,7 +24,7 @@ from queueflow.core.store import EventRow, EventStore
 from queueflow.core.stream import EVENT_FIELD, Entry, EventStream
 from queueflow.worker.housekeeping import Housekeeping
 from queueflow.worker.reclaim import Reclaimer
-from queueflow.worker.retry import DataRejected, Retrying
+from queueflow.worker.retry import DataRejected, Retrying, Stopping
 
 log = structlog.get_logger(__name__)
 
@@ -37,7 +37,7 @@ class Consumer:
         self.store = store
         self.settings = settings
         self.name = settings.consumer
-        self.retry = Retrying()
+        self.retry = Retrying(asyncio.Event())  # run() binds it to the real stop event
         self.reclaimer = Reclaimer(
             stream,
             self.name,
@@ -53,7 +53,19 @@ class Consumer:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until `stop` is set; the batch in hand is always finished and acknowledged."""
+        """Consume until `stop` is set. The batch in hand is finished and acknowledged; only if
+        a dependency is down at that moment does it stay pending, for a reclaim."""
+        self.retry = Retrying(stop)
+        try:
+            await self._consume(stop)
+        except Stopping as exc:
+            log.warning(
+                "stopped while a dependency was down; unacknowledged entries stay "
+                "pending for another worker to reclaim",
+                reason=str(exc),
+            )
+
+    async def _consume(self, stop: asyncio.Event) -> None:
         if self.settings.auto_migrate:
             await self.retry.postgres(partial(apply_migrations, self.settings, attempts=1))
         await self.retry.redis(self.stream.ensure_group)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -13,6 +14,10 @@ from redis.exceptions import RedisError
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
+
+
+class Stopping(Exception):
+    """Asked to stop while a dependency is down: give up, leaving entries pending."""
 
 
 class DataRejected(Exception):
@@ -27,14 +32,20 @@ def is_data_error(exc: BaseException) -> bool:
 class Backoff:
     """Capped exponential backoff with full jitter; logs when an outage starts and ends."""
 
-    def __init__(self, what: str, base_s: float = 0.05, cap_s: float = 5.0) -> None:
-        self.what, self.base_s, self.cap_s, self.failures = what, base_s, cap_s, 0
+    def __init__(self, what: str, stop: asyncio.Event, base_s: float = 0.05, cap_s: float = 5.0):
+        self.what, self.stop, self.base_s, self.cap_s = what, stop, base_s, cap_s
+        self.failures = 0
 
     async def failed(self, exc: BaseException) -> None:
+        """Wait before the next try; raise Stopping if a stop is asked for meanwhile."""
         if self.failures == 0:
             log.warning(f"{self.what} unavailable, retrying", error=repr(exc))
         self.failures += 1
-        await asyncio.sleep(random.uniform(0, min(self.cap_s, self.base_s * 2**self.failures)))
+        delay = random.uniform(0, min(self.cap_s, self.base_s * 2**self.failures))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop.wait(), delay)
+        if self.stop.is_set():
+            raise Stopping(f"{self.what} unavailable") from exc
 
     def succeeded(self) -> None:
         if self.failures:
@@ -47,9 +58,9 @@ class Retrying:
     escapes (as DataRejected): a lost connection, a restart, a deadlock or a missing table
     heals by waiting, and whatever is pending stays unacknowledged meanwhile."""
 
-    def __init__(self) -> None:
-        self.redis_backoff = Backoff("redis")
-        self.postgres_backoff = Backoff("postgres")
+    def __init__(self, stop: asyncio.Event) -> None:
+        self.redis_backoff = Backoff("redis", stop)
+        self.postgres_backoff = Backoff("postgres", stop)
 
     async def redis(self, call: Callable[[], Awaitable[T]]) -> T:
         while True:
