@@ -91,17 +91,21 @@ def stored_events(database_url: str) -> int:
 def test_a_worker_killed_mid_batch_is_reclaimed_by_the_other(started, env, settings) -> None:
     events = workload(12_000, seed=1)
     ingest = start(started, "ingest", env)
-    send(ingest.url, events)
     a = start(started, "worker", env, QUEUEFLOW_CONSUMER="worker-a")
     b = start(started, "worker", env, QUEUEFLOW_CONSUMER="worker-b")
-    # Freeze A while it holds a batch, then kill it: its entries stay pending.
-    while True:
+    # Send while both work; freeze A at a moment it holds a batch, then kill it there.
+    batches = [events[i : i + 200] for i in range(0, len(events), 200)]
+    sent = 0
+    while sent < len(batches):
+        send(ingest.url, batches[sent])
+        sent += 1
         a.proc.send_signal(signal.SIGSTOP)
         if pending_of(env, "worker-a") > 0:
             break
         a.proc.send_signal(signal.SIGCONT)
-        time.sleep(0.01)
+    assert sent < len(batches), "never caught worker A holding a batch"
     a.kill()
+    send(ingest.url, [e for batch in batches[sent:] for e in batch])
     killed = time.monotonic()
     took = wait_until_exact(str(settings.database_url), events)
     while pending_of(env, "worker-a") > 0:  # A may have committed its batch but not acked it
