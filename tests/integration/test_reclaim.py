@@ -102,7 +102,7 @@ async def test_only_idle_consumers_with_nothing_pending_are_deleted(parts, setti
     await stream.ack(
         [e.id for e in await stream.read("idle-empty", count=10, block_ms=100, pending=True)]
     )
-    await stream.read("me", count=1, block_ms=10)
+    await stream.client.xgroup_createconsumer(settings.stream, settings.group, "me")
     await asyncio.sleep(0.3)
     assert await stream.delete_idle_consumers(idle_ms=200, keep="me") == ["idle-empty"]
     names = {
