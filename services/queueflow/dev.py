@@ -25,6 +25,7 @@ from queueflow.cli import migrate_command, run_async
 from queueflow.core.config import Settings
 from queueflow.core.serving import make_server, serve_until, stop_on_signals
 from queueflow.embedded import die_with_parent, start_postgres, start_valkey
+from queueflow.ingest.app import IngestApp
 
 REPORTING_PATHS = ("/stats",)
 
@@ -33,7 +34,7 @@ class CombinedApp:
     """Ingest and reporting behind one port: /stats goes to reporting, the rest to ingest.
     Both lifespans run, and their states are merged (their keys do not overlap)."""
 
-    def __init__(self, ingest: FastAPI, reporting: FastAPI) -> None:
+    def __init__(self, ingest: IngestApp, reporting: FastAPI) -> None:
         self.ingest, self.reporting = ingest, reporting
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -48,7 +49,7 @@ class CombinedApp:
         await receive()  # lifespan.startup
         async with AsyncExitStack() as stack:
             try:
-                for app in (self.ingest, self.reporting):
+                for app in (self.ingest.api, self.reporting):
                     state = await stack.enter_async_context(app.router.lifespan_context(app))
                     scope["state"].update(state or {})
             except Exception as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
 import msgspec
@@ -17,7 +18,7 @@ from queueflow.core.events import (
     decode_entry,
     decode_event,
     encode_event,
-    new_event_id,
+    new_event_ids,
 )
 from tests.helpers import event
 
@@ -164,10 +165,11 @@ def test_batch_shape_limits(items: object, limit: int) -> None:
 
 
 def test_uuid7_ids_are_well_formed_unique_and_time_ordered() -> None:
-    ids = [new_event_id() for _ in range(1000)]
+    ids = new_event_ids(500) + [i for _ in range(500) for i in new_event_ids(1)]
     assert len(set(ids)) == 1000
     pattern = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
     assert all(pattern.match(i) for i in ids)
+    assert all(uuid.UUID(i).version == 7 and uuid.UUID(i).variant == uuid.RFC_4122 for i in ids)
     assert [i[:13] for i in ids] == sorted(i[:13] for i in ids)
 
 
@@ -186,3 +188,22 @@ def test_the_stream_payload_round_trips_without_the_time_window() -> None:
 def test_an_entry_without_event_id_is_refused() -> None:
     with pytest.raises(msgspec.ValidationError):
         decode_entry(json.dumps(event()).encode())
+
+
+@pytest.mark.parametrize("value", ["del\x7f", "c1\u0085", "tab\tx", "nul\x00", "esc\x1b"])
+@pytest.mark.parametrize("ensure_ascii", [True, False], ids=["escaped", "raw-utf8"])
+def test_control_characters_are_found_however_they_are_encoded(value: str, ensure_ascii: bool):
+    raw = json.dumps(event(user_id=value), ensure_ascii=ensure_ascii).encode()
+    with pytest.raises(InvalidEvents) as caught:
+        decode_event(raw, WINDOW)
+    assert caught.value.errors[0]["loc"] == ["body", "user_id"]
+
+
+def test_escapes_that_are_not_control_characters_are_fine() -> None:
+    now = datetime.now(UTC).isoformat().encode()
+    raw = (
+        b'{"site_id": "s", "event_type": "page_view", "user_id": "u", "timestamp": "' + now + b'",'
+        b' "path": "/a\\\\b/\\"q\\"", "referrer": "https:\\/\\/x.example\\/"}'
+    )
+    decoded = decode_event(raw, WINDOW)
+    assert decoded.path == '/a\\b/"q"' and decoded.referrer == "https://x.example/"

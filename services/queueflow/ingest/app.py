@@ -16,7 +16,6 @@ from typing import Any
 
 import msgspec
 from fastapi import FastAPI, Request
-from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from queueflow import __version__
@@ -30,7 +29,7 @@ from queueflow.core.events import (
     decode_batch,
     decode_event,
     encode_event,
-    new_event_id,
+    new_event_ids,
 )
 from queueflow.core.probes import add_probe_routes
 from queueflow.core.stream import EventStream, connect
@@ -102,9 +101,9 @@ class EventEndpoint:
         except InvalidEvents as exc:
             obs.INGEST_REJECTED.labels("validation").inc()
             return 422, _encode({"detail": exc.errors}), _JSON_HEADERS
-        for event in events:
-            if event.event_id is None:
-                event.event_id = new_event_id()
+        missing = [e for e in events if e.event_id is None]
+        for event, event_id in zip(missing, new_event_ids(len(missing)), strict=True):
+            event.event_id = event_id
         try:
             await scope["state"]["stream"].add([encode_event(e) for e in events])
         except StreamUnavailable:
@@ -146,7 +145,27 @@ def _reject(reason: str, status: int, detail: str, extra_headers: list | None = 
     return status, _encode({"detail": detail}), _JSON_HEADERS + (extra_headers or [])
 
 
-def create_app(settings: Settings) -> FastAPI:
+class IngestApp:
+    """The ingest ASGI app: POST /event and /events go straight to their endpoints (no
+    middleware stack, no routing table); everything else, the lifespan included, to FastAPI."""
+
+    def __init__(self, api: FastAPI, endpoints: dict[str, EventEndpoint]) -> None:
+        self.api = api
+        self.endpoints = endpoints
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        endpoint = self.endpoints.get(scope.get("path", ""))
+        if endpoint is None or scope["type"] != "http":
+            await self.api(scope, receive, send)
+        elif scope["method"] == "POST":
+            await endpoint(scope, receive, send)
+        else:
+            headers = [*_JSON_HEADERS, (b"allow", b"POST")]
+            await send({"type": "http.response.start", "status": 405, "headers": headers})
+            await send({"type": "http.response.body", "body": b'{"detail":"Method Not Allowed"}'})
+
+
+def create_app(settings: Settings) -> IngestApp:
     redis_url = settings.redis_dsn()
 
     @asynccontextmanager
@@ -164,16 +183,15 @@ def create_app(settings: Settings) -> FastAPI:
             watching.cancel()
             await client.aclose()
 
-    app = FastAPI(title="QueueFlow ingest", version=__version__, lifespan=lifespan)
-    # Ahead of FastAPI's routes so the hot path matches first.
-    app.router.routes[:0] = [
-        Route("/event", EventEndpoint(settings, batch=False), methods=["POST"]),
-        Route("/events", EventEndpoint(settings, batch=True), methods=["POST"]),
-    ]
+    api = FastAPI(title="QueueFlow ingest", version=__version__, lifespan=lifespan)
 
     async def redis_check(request: Request) -> None:
         await request.state.stream.ping()
 
-    add_probe_routes(app, {"redis": redis_check})
-    event_routes_openapi(app, settings)
-    return app
+    add_probe_routes(api, {"redis": redis_check})
+    event_routes_openapi(api, settings)
+    endpoints = {
+        "/event": EventEndpoint(settings, batch=False),
+        "/events": EventEndpoint(settings, batch=True),
+    }
+    return IngestApp(api, endpoints)
