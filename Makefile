@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.queueflow-installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv dev test test-unit lint format clean
+.PHONY: help venv dev test test-unit lint format bench bench-smoke clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -43,6 +43,12 @@ lint: venv ## ruff check and format check
 format: venv ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+bench: venv ## Measure speed against the limits (about 9 minutes; see bench/README.md)
+	$(BIN)/python -m bench.run
+
+bench-smoke: venv ## Quick ratio check for a 2x slowdown (about a minute)
+	$(BIN)/python -m bench.run --smoke
 
 clean: ## Remove .venv and local dev data
 	rm -rf $(VENV) .queueflow .pytest_cache .ruff_cache

@@ -50,6 +50,11 @@ STREAM_TRIMMED = Counter(
 CONSUMERS_DELETED = Counter(
     "queueflow_stream_consumers_deleted_total", "Idle consumers with nothing pending deleted."
 )
+EVENT_FRESHNESS = Histogram(
+    "queueflow_worker_event_freshness_seconds",
+    "Time from Redis accepting an event (its entry id) to the worker committing it.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900),
+)
 WORKER_BATCH_SIZE = Histogram(
     "queueflow_worker_batch_size_events",
     "Entries per batch read from the stream.",

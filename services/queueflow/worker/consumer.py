@@ -120,6 +120,9 @@ class Consumer:
                 except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                     await self._dead_letter(entry, f"undecodable: {exc}", delivered)
         inserted = await self._save(good, deliveries)
+        committed_ms = time.time() * 1000
+        for entry, _ in good:
+            obs.EVENT_FRESHNESS.observe((committed_ms - entry.received_ms) / 1000)
         obs.WORKER_PROCESSED.inc(inserted)
         obs.WORKER_DUPLICATES.inc(len(good) - inserted)
         await self.retry.redis(partial(self.stream.ack, [e.id for e in entries]))

@@ -1,0 +1,505 @@
+"""`make bench`: QueueFlow's speed measured against its limits, on this machine, in one run.
+
+Starts its own Valkey and PostgreSQL (from the wheels), then measures, each figure the
+median of --runs runs: (a) the limits: raw XADD rate with and without pipelining, and the
+worker's batch statement through asyncpg with pre-built batches; (b) `queueflow ingest`,
+one process, single events and 100-event batches, beside the Node.js/Express reference when
+`node` is installed; (c) the drain rate of one and of two workers from a preloaded backlog;
+(d) freshness at half the measured maximum rate; (e) RSS of each process and Redis memory
+through a soak. Prints a table and writes bench/results/<date>.json.
+`--smoke` is the quick ratio check CI may run (bench/smoke_baseline.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+import httpx
+import psutil
+import redis
+
+from bench import load
+from queueflow.core.events import encode_event, new_event_ids
+from queueflow.core.store import SAVE_BATCH
+from queueflow.embedded import embedded_servers, free_port
+
+HERE = Path(__file__).resolve().parent
+STREAM, GROUP = "bench_events", "bench_workers"
+TABLES = "events, daily_site_stats, daily_site_path_counts, daily_site_users"
+
+
+def median(values: list[float]) -> float:
+    return round(statistics.median(values), 1)
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, redis_url: str, database_url: str) -> None:
+        self.args = args
+        self.redis_url, self.database_url = redis_url, database_url
+        self.redis = redis.from_url(redis_url)
+        self.env = {
+            **os.environ,
+            "REDIS_URL": redis_url,
+            "DATABASE_URL": database_url,
+            "QUEUEFLOW_STREAM": STREAM,
+            "QUEUEFLOW_GROUP": GROUP,
+            "QUEUEFLOW_LOG_LEVEL": "warning",
+            "QUEUEFLOW_BACKLOG_LIMIT": str(10**9),
+        }
+        self.results: dict = {"rss_mb": {}}
+
+    # -- processes ---------------------------------------------------------------------
+    @contextlib.contextmanager
+    def service(self, command: str, **env: str) -> Iterator[tuple[str, psutil.Process]]:
+        port = free_port()
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "queueflow",
+                command,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env={**self.env, **env},
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_healthy(url, proc)
+            yield url, psutil.Process(proc.pid)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+    def reset(self) -> None:
+        self.redis.delete(STREAM)
+        asyncio.run(self._sql(f"TRUNCATE {TABLES}"))
+
+    async def _sql(self, statement: str) -> object:
+        conn = await asyncpg.connect(self.database_url)
+        try:
+            return await conn.fetchval(statement)
+        finally:
+            await conn.close()
+
+    # -- (a) limits --------------------------------------------------------------------
+    def xadd_limits(self) -> None:
+        port = self.redis_url.rsplit(":", 1)[1].split("/")[0]
+        payload = encode_event(load.events(1)[0])
+        rates: dict[str, list[float]] = {"unpipelined": [], "pipelined": []}
+        tool = shutil.which("redis-benchmark") or shutil.which("valkey-benchmark")
+        for _ in range(self.args.runs):
+            for name, depth in (("unpipelined", 1), ("pipelined", 16)):
+                self.redis.delete("bench_xadd")
+                if tool:
+                    rates[name].append(redis_benchmark(tool, port, payload, depth))
+                else:
+                    rates[name].append(load.xadd_rate(self.redis_url, payload, depth))
+        self.redis.delete("bench_xadd")
+        self.results["xadd_per_s"] = {k: median(v) for k, v in rates.items()}
+        self.results["xadd_tool"] = Path(tool).name if tool else "python raw socket (1 conn)"
+
+    def sql_limit(self) -> None:
+        rates = []
+        for _ in range(self.args.runs):
+            self.reset()
+            rates.append(asyncio.run(sql_rate(self.database_url, seconds=self.args.duration)))
+        self.reset()
+        self.results["batch_sql_events_per_s"] = median(rates)
+
+    # -- (b) ingest --------------------------------------------------------------------
+    def ingest(self) -> None:
+        reference = self.reference()
+        single, batch, ref = [], [], []
+        with self.service("ingest") as (url, proc), reference as ref_url:
+            for _ in range(self.args.runs):
+                self.redis.delete(STREAM)
+                single.append(load.http(f"{url}/event", "single", self.args.duration))
+                if ref_url:
+                    self.redis.delete("events_reference")
+                    ref.append(load.http(f"{ref_url}/event", "single", self.args.duration))
+                self.redis.delete(STREAM)
+                batch.append(load.http(f"{url}/events", "batch", self.args.duration))
+            self.results["rss_mb"]["ingest"] = rss_mb(proc)
+        self.redis.delete(STREAM, "events_reference")
+        self.results["load_generator"] = single[0]["tool"]
+        self.results["ingest_single"] = summarize(single)
+        self.results["ingest_batch"] = summarize(batch, events_per_request=100)
+        self.results["reference_single"] = summarize(ref) if ref else None
+
+    @contextlib.contextmanager
+    def reference(self) -> Iterator[str | None]:
+        node, npm = shutil.which("node"), shutil.which("npm")
+        folder = HERE / "reference"
+        if self.args.smoke or not (node and npm):
+            yield None
+            return
+        if not (folder / "node_modules").is_dir():
+            subprocess.run(
+                [npm, "install", "--no-audit", "--no-fund", "--silent"], cwd=folder, check=True
+            )
+        port = free_port()
+        proc = subprocess.Popen(
+            [node, "server.js"],
+            cwd=folder,
+            env={**self.env, "PORT": str(port), "STREAM": "events_reference"},
+        )
+        try:
+            wait_port(port)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+    # -- (c) drain ---------------------------------------------------------------------
+    def drain(self) -> None:
+        for workers in (1, 2):
+            rates = []
+            for _ in range(self.args.runs):
+                self.reset()
+                load.preload(self.redis_url, STREAM, self.args.backlog)
+                rates.append(self.drain_once(workers))
+            self.results[f"drain_{workers}_worker_events_per_s"] = median(rates)
+        self.reset()
+
+    def drain_once(self, workers: int) -> float:
+        with contextlib.ExitStack() as stack:
+            procs = [
+                stack.enter_context(self.service("worker", QUEUEFLOW_CONSUMER=f"w{i}"))
+                for i in range(workers)
+            ]
+            started = time.monotonic()
+            while not self.drained():
+                time.sleep(0.02)
+            elapsed = time.monotonic() - started
+            self.results["rss_mb"]["worker"] = rss_mb(procs[0][1])
+        return self.args.backlog / elapsed
+
+    def drained(self) -> bool:
+        groups = self.redis.xinfo_groups(STREAM)
+        return bool(groups) and groups[0]["lag"] == 0 and groups[0]["pending"] == 0
+
+    # -- (d) freshness, (e) soak ---------------------------------------------------------
+    def freshness_and_soak(self) -> None:
+        rate = 0.5 * min(
+            self.results["ingest_batch"]["events_per_s"],
+            self.results["drain_1_worker_events_per_s"],
+        )
+        self.reset()
+        with (
+            self.service("ingest") as (ingest_url, _),
+            self.service("worker", QUEUEFLOW_CONSUMER="fresh") as (worker_url, _),
+        ):
+            load.steady(f"{ingest_url}/events", rate, self.args.duration)
+            time.sleep(1)
+            quantiles = freshness(worker_url)
+        self.results["freshness_at_events_per_s"] = round(rate)
+        self.results["freshness_s"] = quantiles
+        if self.args.soak:
+            self.soak(rate)
+
+    def soak(self, rate: float) -> None:
+        self.reset()
+        samples = []
+        with (
+            self.service("ingest") as (ingest_url, _),
+            self.service("worker", QUEUEFLOW_CONSUMER="soak-a"),
+            self.service("worker", QUEUEFLOW_CONSUMER="soak-b"),
+        ):
+            deadline = time.monotonic() + self.args.soak
+            while time.monotonic() < deadline:
+                load.steady(f"{ingest_url}/events", rate, 5)
+                samples.append((self.redis.info("memory")["used_memory"], self.redis.xlen(STREAM)))
+        memory = [m / 2**20 for m, _ in samples]
+        self.results["soak"] = {
+            "seconds": self.args.soak,
+            "events_per_s": round(rate),
+            "redis_used_memory_mb": {
+                "first": round(memory[0], 1),
+                "max": round(max(memory), 1),
+                "last": round(memory[-1], 1),
+            },
+            "stream_length": {"max": max(n for _, n in samples), "last": samples[-1][1]},
+        }
+
+    def server_memory(self, valkey_pid: int, postgres_pid: int) -> None:
+        self.results["rss_mb"]["valkey"] = rss_mb(psutil.Process(valkey_pid))
+        postgres = psutil.Process(postgres_pid)
+        self.results["rss_mb"]["postgres_total"] = round(
+            sum(rss_mb(p) for p in [postgres, *postgres.children()]), 1
+        )
+        self.results["redis_used_memory_mb"] = round(
+            self.redis.info("memory")["used_memory"] / 2**20, 1
+        )
+
+
+# -- helpers -------------------------------------------------------------------------------
+def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(url)
+
+
+def wait_port(port: int, timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(port)
+
+
+def rss_mb(proc: psutil.Process) -> float:
+    return round(proc.memory_info().rss / 2**20, 1)
+
+
+def redis_benchmark(tool: str, port: str, payload: bytes, depth: int) -> float:
+    out = subprocess.run(
+        [
+            tool,
+            "-p",
+            port,
+            "-n",
+            "200000",
+            "-c",
+            "50",
+            "-P",
+            str(depth),
+            "-q",
+            "XADD",
+            "bench_xadd",
+            "*",
+            "event",
+            payload.decode(),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    # "XADD bench_xadd * event ...: 61349.69 requests per second, p50=0.391 msec"
+    return float(out.rsplit(":", 1)[1].split("requests per second")[0].split()[-1])
+
+
+async def sql_rate(database_url: str, seconds: float) -> float:
+    """The worker's own statement, 500-row batches built beforehand: PostgreSQL's share."""
+    events = load.events(40_000)
+    ids = new_event_ids(len(events))
+    now = datetime.now(UTC)
+    rows = [
+        (ids[i], e.site_id, e.event_type, e.path, e.user_id, e.timestamp, now, None, None)
+        for i, e in enumerate(events)
+    ]
+    batches = [list(zip(*rows[i : i + 500], strict=True)) for i in range(0, len(rows), 500)]
+    conn = await asyncpg.connect(database_url)
+    try:
+        done, started = 0, time.monotonic()
+        for columns in batches:
+            await conn.fetchval(SAVE_BATCH, *columns)
+            done += len(columns[0])
+            if time.monotonic() - started > seconds:
+                break
+        return done / (time.monotonic() - started)
+    finally:
+        await conn.close()
+
+
+def freshness(worker_url: str) -> dict[str, float]:
+    """p50/p95 from the worker's freshness histogram (linear within a bucket)."""
+    buckets = []
+    for line in httpx.get(f"{worker_url}/metrics").text.splitlines():
+        if line.startswith("queueflow_worker_event_freshness_seconds_bucket"):
+            bound = line.split('le="')[1].split('"')[0]
+            buckets.append((float(bound), float(line.rsplit(" ", 1)[1])))
+    total = buckets[-1][1]
+
+    def quantile(q: float) -> float:
+        previous_bound, previous_count = 0.0, 0.0
+        for bound, count in buckets:
+            if count >= q * total:
+                if bound == float("inf"):
+                    return previous_bound
+                share = (q * total - previous_count) / max(count - previous_count, 1)
+                return round(previous_bound + share * (bound - previous_bound), 4)
+            previous_bound, previous_count = bound, count
+        return previous_bound
+
+    return {"p50": quantile(0.5), "p95": quantile(0.95), "events": total}
+
+
+def summarize(runs: list[dict], events_per_request: int = 1) -> dict:
+    return {
+        "requests_per_s": median([r["requests_per_s"] for r in runs]),
+        "events_per_s": median([r["requests_per_s"] * events_per_request for r in runs]),
+        "p50_ms": median([r["p50_ms"] for r in runs]),
+        "p99_ms": median([r["p99_ms"] for r in runs]),
+        "errors": sum(r["errors"] for r in runs),
+    }
+
+
+def ratios(r: dict) -> dict[str, float | None]:
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return round(a / b, 2) if a and b else None
+
+    ref = r.get("reference_single") or {}
+    return {
+        "single_vs_reference": ratio(
+            r["ingest_single"]["requests_per_s"], ref.get("requests_per_s")
+        ),
+        "single_p99_reference_over_ours": ratio(ref.get("p99_ms"), r["ingest_single"]["p99_ms"]),
+        "single_vs_unpipelined_xadd": ratio(
+            r["ingest_single"]["requests_per_s"], r["xadd_per_s"]["unpipelined"]
+        ),
+        "batch_events_vs_pipelined_xadd": ratio(
+            r["ingest_batch"]["events_per_s"], r["xadd_per_s"]["pipelined"]
+        ),
+        "one_worker_vs_sql_limit": ratio(
+            r["drain_1_worker_events_per_s"], r["batch_sql_events_per_s"]
+        ),
+        "two_workers_vs_one": ratio(
+            r["drain_2_worker_events_per_s"], r["drain_1_worker_events_per_s"]
+        ),
+    }
+
+
+def table(r: dict) -> str:
+    rows = [
+        (
+            "raw XADD, unpipelined / pipelined (ops/s)",
+            f"{r['xadd_per_s']['unpipelined']:,.0f} / {r['xadd_per_s']['pipelined']:,.0f}",
+        ),
+        ("batch SQL limit (events/s)", f"{r['batch_sql_events_per_s']:,.0f}"),
+        ("POST /event, 1 process (req/s, p50/p99 ms)", _http(r["ingest_single"])),
+        (
+            "Node.js reference POST /event",
+            _http(r["reference_single"]) if r.get("reference_single") else "not measured (no node)",
+        ),
+        (
+            "POST /events x100, 1 process (events/s, p50/p99 ms)",
+            f"{r['ingest_batch']['events_per_s']:,.0f}  {r['ingest_batch']['p50_ms']}/"
+            f"{r['ingest_batch']['p99_ms']}",
+        ),
+        (
+            "drain, 1 worker / 2 workers (events/s)",
+            f"{r['drain_1_worker_events_per_s']:,.0f} / {r['drain_2_worker_events_per_s']:,.0f}",
+        ),
+        (
+            f"freshness at {r['freshness_at_events_per_s']:,} events/s (p50/p95 s)",
+            f"{r['freshness_s']['p50']} / {r['freshness_s']['p95']}",
+        ),
+        ("RSS MB", ", ".join(f"{k} {v}" for k, v in r["rss_mb"].items())),
+    ]
+    if r.get("soak"):
+        s = r["soak"]
+        rows.append(
+            (
+                f"soak {s['seconds']} s at {s['events_per_s']:,} events/s",
+                f"Redis MB first/max/last {s['redis_used_memory_mb']['first']}/"
+                f"{s['redis_used_memory_mb']['max']}/{s['redis_used_memory_mb']['last']}, "
+                f"stream max {s['stream_length']['max']:,}",
+            )
+        )
+    rows += [(f"ratio {k}", "-" if v is None else f"{v}") for k, v in r["ratios"].items()]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _http(s: dict) -> str:
+    return f"{s['requests_per_s']:,.0f}  {s['p50_ms']}/{s['p99_ms']}"
+
+
+def check_smoke(r: dict) -> int:
+    """Fail on a 2x slowdown, judged by ratios measured in this run, never by absolute time."""
+    baseline = json.loads((HERE / "smoke_baseline.json").read_text())
+    failed = 0
+    for name, expected in baseline.items():
+        got = r["ratios"].get(name)
+        ok = got is not None and got >= expected / 2
+        failed += not ok
+        print(
+            f"smoke {name}: {got} (baseline {expected}, floor {expected / 2:.2f}) "
+            f"{'ok' if ok else 'SLOWER'}"
+        )
+    return 1 if failed else 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=6, help="seconds per load run")
+    parser.add_argument("--backlog", type=int, default=200_000, help="events preloaded to drain")
+    parser.add_argument("--soak", type=int, default=300, help="soak seconds (0: none)")
+    parser.add_argument("--smoke", action="store_true", help="quick ratio check, ~1 minute")
+    args = parser.parse_args()
+    if args.smoke:
+        args.runs, args.duration, args.backlog, args.soak = 1, 3, 40_000, 0
+    started = time.monotonic()
+    with (
+        tempfile.TemporaryDirectory(prefix="queueflow-bench-") as tmp,
+        embedded_servers(Path(tmp)) as (valkey, postgres),
+    ):
+        subprocess.run(
+            [sys.executable, "-m", "queueflow", "migrate"],
+            check=True,
+            env={**os.environ, "DATABASE_URL": postgres.url, "QUEUEFLOW_LOG_LEVEL": "warning"},
+        )
+        bench = Bench(args, valkey.url, postgres.url)
+        steps: list[Callable[[], None]] = [
+            bench.xadd_limits,
+            bench.sql_limit,
+            bench.ingest,
+            bench.drain,
+            bench.freshness_and_soak,
+        ]
+        for step in steps:
+            print(f"[bench] {step.__name__} ...", flush=True)
+            step()
+        bench.server_memory(valkey.process.pid, postgres.process.pid)
+        results = bench.results
+    results["ratios"] = ratios(results)
+    results["machine"] = {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "runs": args.runs,
+    }
+    results["seconds"] = round(time.monotonic() - started)
+    print(table(results))
+    if args.smoke:
+        return check_smoke(results)
+    out = HERE / "results" / f"{datetime.now(UTC):%Y-%m-%d}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out.relative_to(HERE.parent)} ({results['seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
