@@ -238,6 +238,7 @@ class Bench:
                 "last": round(memory[-1], 1),
             },
             "stream_length": {"max": max(n for _, n in samples), "last": samples[-1][1]},
+            "redis_used_memory_mb_every_5s": [round(m, 1) for m in memory],
         }
 
     def server_memory(self, valkey_pid: int, postgres_pid: int) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 
@@ -29,6 +30,16 @@ from queueflow.worker.retry import DataRejected, Retrying, Stopping
 log = structlog.get_logger(__name__)
 
 _encode_json = msgspec.json.Encoder().encode
+
+
+@dataclass(slots=True)
+class Batch:
+    """Entries read together: the rows to store and what redelivery told about them."""
+
+    entries: list[Entry]
+    rows: list[tuple[Entry, EventRow]]
+    deliveries: dict[bytes, int]
+    started: float
 
 
 class Consumer:
@@ -80,31 +91,43 @@ class Consumer:
             count=self.settings.batch_size,
             block_ms=self.settings.block_ms,
         )
-        while not stop.is_set():
-            if self.reclaimer.due():
-                reclaimed = await self.retry.redis(self.reclaimer.next_page)
-                if reclaimed:
-                    log.info("entries reclaimed", count=len(reclaimed))
-                    await self.process(reclaimed, redelivered=True)
-                    continue
-            if self.housekeeping.due():
-                await self.retry.redis(self.housekeeping.run)
-            entries = await self.retry.redis(read_new)
-            if entries:
-                await self.process(entries)
+        # New batches are pipelined: while batch N commits (and is then acknowledged), batch
+        # N+1 is read and decoded. Each batch is still acked only after its own commit.
+        committing: asyncio.Task[int] | None = None
+        try:
+            while not stop.is_set():
+                if self.reclaimer.due():
+                    reclaimed = await self.retry.redis(self.reclaimer.next_page)
+                    if reclaimed:
+                        log.info("entries reclaimed", count=len(reclaimed))
+                        await self.process(reclaimed, redelivered=True)
+                        continue
+                if self.housekeeping.due():
+                    await self.retry.redis(self.housekeeping.run)
+                entries = await self.retry.redis(read_new)
+                if entries:
+                    batch = await self.prepare(entries)
+                    if committing is not None:
+                        await committing
+                    committing = asyncio.create_task(self.commit(batch))
+        finally:
+            if committing is not None:
+                await committing
 
     async def process(self, entries: list[Entry], *, redelivered: bool = False) -> int:
         """Store, dead-letter or drop each entry, then ack them all; returns events newly stored.
         Redelivered entries past QUEUEFLOW_MAX_DELIVERIES are dead-lettered, not retried."""
-        started = time.perf_counter()
+        return await self.commit(await self.prepare(entries, redelivered=redelivered))
+
+    async def prepare(self, entries: list[Entry], *, redelivered: bool = False) -> Batch:
+        """Decode entries into rows; dead-letter what cannot be stored, whatever the database."""
+        batch = Batch(entries, [], {}, time.perf_counter())
         obs.WORKER_BATCH_SIZE.observe(len(entries))
-        deliveries: dict[bytes, int] = {}
         if redelivered:
             counts = partial(self.stream.delivery_counts, self.name, entries)
-            deliveries = await self.retry.redis(counts)
-        good: list[tuple[Entry, EventRow]] = []
+            batch.deliveries = await self.retry.redis(counts)
         for entry in entries:
-            delivered = deliveries.get(entry.id, 1)
+            delivered = batch.deliveries.get(entry.id, 1)
             payload = entry.fields.get(EVENT_FIELD)
             if not entry.fields:
                 continue  # deleted from the stream while pending: nothing left to store
@@ -116,17 +139,21 @@ class Consumer:
                 await self._dead_letter(entry, "undecodable: no event field", delivered)
             else:
                 try:
-                    good.append((entry, _row(decode_entry(payload), entry)))
+                    batch.rows.append((entry, _row(decode_entry(payload), entry)))
                 except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                     await self._dead_letter(entry, f"undecodable: {exc}", delivered)
-        inserted = await self._save(good, deliveries)
+        return batch
+
+    async def commit(self, batch: Batch) -> int:
+        """Store the rows in one transaction, then acknowledge every entry of the batch."""
+        inserted = await self._save(batch.rows, batch.deliveries)
         committed_ms = time.time() * 1000
-        for entry, _ in good:
+        for entry, _ in batch.rows:
             obs.EVENT_FRESHNESS.observe((committed_ms - entry.received_ms) / 1000)
         obs.WORKER_PROCESSED.inc(inserted)
-        obs.WORKER_DUPLICATES.inc(len(good) - inserted)
-        await self.retry.redis(partial(self.stream.ack, [e.id for e in entries]))
-        obs.WORKER_BATCH_DURATION.observe(time.perf_counter() - started)
+        obs.WORKER_DUPLICATES.inc(len(batch.rows) - inserted)
+        await self.retry.redis(partial(self.stream.ack, [e.id for e in batch.entries]))
+        obs.WORKER_BATCH_DURATION.observe(time.perf_counter() - batch.started)
         return inserted
 
     async def _save(self, batch: list[tuple[Entry, EventRow]], deliveries: dict[bytes, int]) -> int:
