@@ -20,7 +20,6 @@ import os
 import platform
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ import psutil
 import redis
 
 from bench import load
+from bench.report import check_smoke, freshness, median, ratios, summarize, table
 from queueflow.core.events import encode_event, new_event_ids
 from queueflow.core.store import SAVE_BATCH
 from queueflow.embedded import embedded_servers, free_port
@@ -42,10 +42,6 @@ from queueflow.embedded import embedded_servers, free_port
 HERE = Path(__file__).resolve().parent
 STREAM, GROUP = "bench_events", "bench_workers"
 TABLES = "events, daily_site_stats, daily_site_path_counts, daily_site_users"
-
-
-def median(values: list[float]) -> float:
-    return round(statistics.median(values), 1)
 
 
 class Bench:
@@ -330,125 +326,6 @@ async def sql_rate(database_url: str, seconds: float) -> float:
         return done / (time.monotonic() - started)
     finally:
         await conn.close()
-
-
-def freshness(worker_url: str) -> dict[str, float]:
-    """p50/p95 from the worker's freshness histogram (linear within a bucket)."""
-    buckets = []
-    for line in httpx.get(f"{worker_url}/metrics").text.splitlines():
-        if line.startswith("queueflow_worker_event_freshness_seconds_bucket"):
-            bound = line.split('le="')[1].split('"')[0]
-            buckets.append((float(bound), float(line.rsplit(" ", 1)[1])))
-    total = buckets[-1][1]
-
-    def quantile(q: float) -> float:
-        previous_bound, previous_count = 0.0, 0.0
-        for bound, count in buckets:
-            if count >= q * total:
-                if bound == float("inf"):
-                    return previous_bound
-                share = (q * total - previous_count) / max(count - previous_count, 1)
-                return round(previous_bound + share * (bound - previous_bound), 4)
-            previous_bound, previous_count = bound, count
-        return previous_bound
-
-    return {"p50": quantile(0.5), "p95": quantile(0.95), "events": total}
-
-
-def summarize(runs: list[dict], events_per_request: int = 1) -> dict:
-    return {
-        "requests_per_s": median([r["requests_per_s"] for r in runs]),
-        "events_per_s": median([r["requests_per_s"] * events_per_request for r in runs]),
-        "p50_ms": median([r["p50_ms"] for r in runs]),
-        "p99_ms": median([r["p99_ms"] for r in runs]),
-        "errors": sum(r["errors"] for r in runs),
-    }
-
-
-def ratios(r: dict) -> dict[str, float | None]:
-    def ratio(a: float | None, b: float | None) -> float | None:
-        return round(a / b, 2) if a and b else None
-
-    ref = r.get("reference_single") or {}
-    return {
-        "single_vs_reference": ratio(
-            r["ingest_single"]["requests_per_s"], ref.get("requests_per_s")
-        ),
-        "single_p99_reference_over_ours": ratio(ref.get("p99_ms"), r["ingest_single"]["p99_ms"]),
-        "single_vs_unpipelined_xadd": ratio(
-            r["ingest_single"]["requests_per_s"], r["xadd_per_s"]["unpipelined"]
-        ),
-        "batch_events_vs_pipelined_xadd": ratio(
-            r["ingest_batch"]["events_per_s"], r["xadd_per_s"]["pipelined"]
-        ),
-        "one_worker_vs_sql_limit": ratio(
-            r["drain_1_worker_events_per_s"], r["batch_sql_events_per_s"]
-        ),
-        "two_workers_vs_one": ratio(
-            r["drain_2_worker_events_per_s"], r["drain_1_worker_events_per_s"]
-        ),
-    }
-
-
-def table(r: dict) -> str:
-    rows = [
-        (
-            "raw XADD, unpipelined / pipelined (ops/s)",
-            f"{r['xadd_per_s']['unpipelined']:,.0f} / {r['xadd_per_s']['pipelined']:,.0f}",
-        ),
-        ("batch SQL limit (events/s)", f"{r['batch_sql_events_per_s']:,.0f}"),
-        ("POST /event, 1 process (req/s, p50/p99 ms)", _http(r["ingest_single"])),
-        (
-            "Node.js reference POST /event",
-            _http(r["reference_single"]) if r.get("reference_single") else "not measured (no node)",
-        ),
-        (
-            "POST /events x100, 1 process (events/s, p50/p99 ms)",
-            f"{r['ingest_batch']['events_per_s']:,.0f}  {r['ingest_batch']['p50_ms']}/"
-            f"{r['ingest_batch']['p99_ms']}",
-        ),
-        (
-            "drain, 1 worker / 2 workers (events/s)",
-            f"{r['drain_1_worker_events_per_s']:,.0f} / {r['drain_2_worker_events_per_s']:,.0f}",
-        ),
-        (
-            f"freshness at {r['freshness_at_events_per_s']:,} events/s (p50/p95 s)",
-            f"{r['freshness_s']['p50']} / {r['freshness_s']['p95']}",
-        ),
-        ("RSS MB", ", ".join(f"{k} {v}" for k, v in r["rss_mb"].items())),
-    ]
-    if r.get("soak"):
-        s = r["soak"]
-        rows.append(
-            (
-                f"soak {s['seconds']} s at {s['events_per_s']:,} events/s",
-                f"Redis MB first/max/last {s['redis_used_memory_mb']['first']}/"
-                f"{s['redis_used_memory_mb']['max']}/{s['redis_used_memory_mb']['last']}, "
-                f"stream max {s['stream_length']['max']:,}",
-            )
-        )
-    rows += [(f"ratio {k}", "-" if v is None else f"{v}") for k, v in r["ratios"].items()]
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
-
-
-def _http(s: dict) -> str:
-    return f"{s['requests_per_s']:,.0f}  {s['p50_ms']}/{s['p99_ms']}"
-
-
-def check_smoke(r: dict) -> int:
-    """Fail on a 2x slowdown, judged by ratios measured in this run, never by absolute time."""
-    baseline = json.loads((HERE / "smoke_baseline.json").read_text())
-    failed = 0
-    for name, expected in baseline.items():
-        got = r["ratios"].get(name)
-        ok = got is not None and got >= expected / 2
-        failed += not ok
-        print(
-            f"smoke {name}: {got} (baseline {expected}, floor {expected / 2:.2f}) "
-            f"{'ok' if ok else 'SLOWER'}"
-        )
-    return 1 if failed else 0
 
 
 def main() -> int:
