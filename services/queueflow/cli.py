@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify = command(
         "verify", "Recount aggregates from raw events and report differences", {}, listens=False
     )
-    verify.add_argument("--site-id", help="one site [all sites]")
+    verify.add_argument("--site-id", "--site", dest="site_id", help="one site [all sites]")
     verify.add_argument(
         "--from", dest="first", type=date.fromisoformat, help="first UTC day [today]"
     )

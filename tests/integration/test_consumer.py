@@ -108,3 +108,16 @@ async def test_terminated_database_connections_are_survived(parts, settings, db,
 
 async def _pending_is(r: redis.Redis, settings: Settings, n: int) -> bool:
     return await pending_count(r, settings) == n
+
+
+async def test_a_stream_lost_by_redis_is_recreated_and_consumption_goes_on(
+    parts, settings, db, redis_client
+) -> None:
+    stream, store = parts
+    async with running(Consumer(stream, store, settings)):
+        await stream.add([payload(event_id="before")])
+        await until(lambda: db.fetchval("SELECT count(*) = 1 FROM events"))
+        await redis_client.delete(settings.stream)  # Redis restarted without persistence
+        await asyncio.sleep(0.3)
+        await stream.add([payload(event_id="after")])
+        await until(lambda: db.fetchval("SELECT count(*) = 2 FROM events"))

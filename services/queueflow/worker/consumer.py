@@ -66,7 +66,7 @@ class Consumer:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set. The batch in hand is finished and acknowledged; only if
         a dependency is down at that moment does it stay pending, for a reclaim."""
-        self.retry = Retrying(stop)
+        self.retry = Retrying(stop, regroup=self.stream.ensure_group)
         try:
             await self._consume(stop)
         except Stopping as exc:

@@ -10,7 +10,7 @@ from typing import TypeVar
 
 import asyncpg
 import structlog
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -58,14 +58,26 @@ class Retrying:
     escapes (as DataRejected): a lost connection, a restart, a deadlock or a missing table
     heals by waiting, and whatever is pending stays unacknowledged meanwhile."""
 
-    def __init__(self, stop: asyncio.Event) -> None:
+    def __init__(
+        self, stop: asyncio.Event, regroup: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
         self.redis_backoff = Backoff("redis", stop)
         self.postgres_backoff = Backoff("postgres", stop)
+        self.regroup = regroup
 
     async def redis(self, call: Callable[[], Awaitable[T]]) -> T:
         while True:
             try:
                 result = await call()
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc) and self.regroup is not None:
+                    # Redis lost the stream or the group (restarted without persistence, or
+                    # deleted by hand): create them again rather than retry in vain.
+                    log.warning("stream or consumer group missing; creating it", error=str(exc))
+                    await self.redis(self.regroup)
+                    continue
+                await self.redis_backoff.failed(exc)
+                continue
             except (RedisError, OSError, TimeoutError) as exc:
                 await self.redis_backoff.failed(exc)
                 continue
