@@ -12,6 +12,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -91,14 +92,28 @@ def preload(redis_url: str, stream: str, count: int) -> None:
     sock.close()
 
 
-def http(url: str, kind: str, seconds: float) -> dict:
-    """Closed-loop load at CONNECTIONS concurrency: requests/s, p50/p99 ms, errors."""
+def http(url: str, kind: str, seconds: float, connections: int = CONNECTIONS) -> dict:
+    """Closed-loop load at `connections` concurrency: requests/s, p50/p99 ms, errors."""
     if shutil.which("wrk"):
-        return _wrk(url, body(kind), seconds)
-    return asyncio.run(_python_load(url, body(kind), seconds))
+        return _wrk(url, body(kind), seconds, connections)
+    return asyncio.run(_python_load(url, body(kind), seconds, connections))
 
 
-def _wrk(url: str, payload: bytes, seconds: float) -> dict:
+def http_split(urls: list[str], kind: str, seconds: float) -> dict:
+    """The same CONNECTIONS spread over several servers at once: their summed requests/s and
+    the worst p50/p99 (how two ingest processes compare with one under the same load)."""
+    with ThreadPoolExecutor(len(urls)) as pool:
+        runs = list(pool.map(lambda url: http(url, kind, seconds, CONNECTIONS // len(urls)), urls))
+    return {
+        "tool": runs[0]["tool"],
+        "requests_per_s": sum(r["requests_per_s"] for r in runs),
+        "p50_ms": max(r["p50_ms"] for r in runs),
+        "p99_ms": max(r["p99_ms"] for r in runs),
+        "errors": sum(r["errors"] for r in runs),
+    }
+
+
+def _wrk(url: str, payload: bytes, seconds: float, connections: int) -> dict:
     script = (
         'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
         f"wrk.body = [==[{payload.decode()}]==]\n"
@@ -107,7 +122,7 @@ def _wrk(url: str, payload: bytes, seconds: float) -> dict:
         lua.write(script)
         lua.flush()
         out = subprocess.run(
-            ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "-s", lua.name, "--latency", url],
+            ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", lua.name, "--latency", url],
             capture_output=True,
             text=True,
             check=True,
@@ -115,7 +130,7 @@ def _wrk(url: str, payload: bytes, seconds: float) -> dict:
     errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
     errors += sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
     return {
-        "tool": "wrk -t1 -c50",
+        "tool": f"wrk -t1 -c{CONNECTIONS}",
         "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1]),
         "p50_ms": _ms(re.search(r"50%\s+([\d.]+\w+)", out)[1]),
         "p99_ms": _ms(re.search(r"99%\s+([\d.]+\w+)", out)[1]),
@@ -128,7 +143,7 @@ def _ms(value: str) -> float:
     return round(float(number) * {"us": 0.001, "ms": 1, "s": 1000}[unit], 3)
 
 
-async def _python_load(url: str, payload: bytes, seconds: float) -> dict:
+async def _python_load(url: str, payload: bytes, seconds: float, connections: int) -> dict:
     host_port, path = url.split("://", 1)[1].split("/", 1)
     host, port = host_port.split(":")
     request = (
@@ -153,11 +168,11 @@ async def _python_load(url: str, payload: bytes, seconds: float) -> dict:
         writer.close()
 
     started = time.monotonic()
-    await asyncio.gather(*(connection() for _ in range(CONNECTIONS)))
+    await asyncio.gather(*(connection() for _ in range(connections)))
     elapsed = time.monotonic() - started
     latencies.sort()
     return {
-        "tool": "python asyncio raw sockets, 50 connections (wrk not installed)",
+        "tool": f"python asyncio raw sockets, {CONNECTIONS} connections (wrk not installed)",
         "requests_per_s": len(latencies) / elapsed,
         "p50_ms": round(latencies[len(latencies) // 2] * 1000, 3),
         "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 3),

@@ -54,6 +54,7 @@ def ratios(r: dict) -> dict[str, float | None]:
         return round(a / b, 2) if a and b else None
 
     ref = r.get("reference_single") or {}
+    two = r.get("ingest_single_2_processes") or {}
     return {
         "single_vs_reference": ratio(
             r["ingest_single"]["requests_per_s"], ref.get("requests_per_s")
@@ -61,6 +62,9 @@ def ratios(r: dict) -> dict[str, float | None]:
         "single_p99_reference_over_ours": ratio(ref.get("p99_ms"), r["ingest_single"]["p99_ms"]),
         "single_vs_unpipelined_xadd": ratio(
             r["ingest_single"]["requests_per_s"], r["xadd_per_s"]["unpipelined"]
+        ),
+        "single_2_processes_vs_1": ratio(
+            two.get("requests_per_s"), r["ingest_single"]["requests_per_s"]
         ),
         "batch_events_vs_pipelined_xadd": ratio(
             r["ingest_batch"]["events_per_s"], r["xadd_per_s"]["pipelined"]
@@ -82,6 +86,12 @@ def table(r: dict) -> str:
         ),
         ("batch SQL limit (events/s)", f"{r['batch_sql_events_per_s']:,.0f}"),
         ("POST /event, 1 process (req/s, p50/p99 ms)", _http(r["ingest_single"])),
+        (
+            "POST /event, 2 processes, same 50 connections",
+            _http(r["ingest_single_2_processes"])
+            if r.get("ingest_single_2_processes")
+            else "not measured (smoke)",
+        ),
         (
             "Node.js reference POST /event",
             _http(r["reference_single"]) if r.get("reference_single") else "not measured (no node)",

@@ -135,11 +135,27 @@ class Bench:
                 self.redis.delete(STREAM)
                 batch.append(load.http(f"{url}/events", "batch", self.args.duration))
             self.results["rss_mb"]["ingest"] = rss_mb(proc)
+            if not self.args.smoke:
+                self.results["ingest_single_2_processes"] = self.two_processes(url)
         self.redis.delete(STREAM, "events_reference")
         self.results["load_generator"] = single[0]["tool"]
         self.results["ingest_single"] = summarize(single)
         self.results["ingest_batch"] = summarize(batch, events_per_request=100)
         self.results["reference_single"] = summarize(ref) if ref else None
+
+    def two_processes(self, url: str) -> dict:
+        """The same single-event load split over two ingest processes: what a second
+        process per pod would buy (the process count per pod is chosen from this)."""
+        runs = []
+        with self.service("ingest") as (second_url, _):
+            for _ in range(self.args.runs):
+                self.redis.delete(STREAM)
+                runs.append(
+                    load.http_split(
+                        [f"{url}/event", f"{second_url}/event"], "single", self.args.duration
+                    )
+                )
+        return summarize(runs)
 
     @contextlib.contextmanager
     def reference(self) -> Iterator[str | None]:

@@ -51,6 +51,11 @@ return deleted
 """
 
 
+# Round trips in flight at once: with one, ingest and Redis take turns (each idle while the
+# other works); with two, Redis runs one group while ingest decodes the next.
+MAX_FLUSHES_IN_FLIGHT = 2
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     id: bytes
@@ -88,7 +93,7 @@ class EventStream:
         self.timeout_s = settings.redis_timeout_s
         self._add_many = client.register_script(ADD_MANY)
         self._queue: list[tuple[Sequence[bytes], asyncio.Future[None]]] = []
-        self._flushing: asyncio.Task[None] | None = None
+        self._flushers: set[asyncio.Task[None]] = set()
         self._delete_idle_consumers = client.register_script(DELETE_IDLE_CONSUMERS)
 
     async def add(self, payloads: Sequence[bytes]) -> None:
@@ -99,8 +104,10 @@ class EventStream:
         under load each request costs a fraction of a Redis call instead of a whole one."""
         future = asyncio.get_running_loop().create_future()
         self._queue.append((payloads, future))
-        if self._flushing is None or self._flushing.done():
-            self._flushing = asyncio.create_task(self._flush())
+        if len(self._flushers) < MAX_FLUSHES_IN_FLIGHT:
+            flusher = asyncio.create_task(self._flush())
+            self._flushers.add(flusher)
+            flusher.add_done_callback(self._flushers.discard)
         await future
 
     async def _flush(self) -> None:
