@@ -15,6 +15,7 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import UTC, date, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -59,9 +60,13 @@ async def serve(app: Any) -> AsyncIterator[httpx.AsyncClient]:
 class Service:
     """A real `queueflow` process on a free port, stopped (SIGTERM) at exit."""
 
-    def __init__(self, command: str, env: dict[str, str], *args: str) -> None:
+    def __init__(
+        self, command: str, env: dict[str, str], *args: str, log_file: Path | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.log_file = log_file
+        stdout = None if log_file is None else log_file.open("wb")
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -75,7 +80,15 @@ class Service:
                 *args,
             ],
             env={**os.environ, "QUEUEFLOW_LOG_LEVEL": "warning", **env},
+            stdout=stdout,
         )
+        if stdout is not None:
+            stdout.close()  # the child has its own descriptor
+
+    def log_lines(self) -> list[dict]:
+        """The JSON log lines written so far (needs log_file)."""
+        assert self.log_file is not None
+        return [json.loads(line) for line in self.log_file.read_text().splitlines() if line]
 
     def wait_healthy(self, timeout: float = 20) -> Service:
         deadline = time.monotonic() + timeout

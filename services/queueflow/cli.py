@@ -15,7 +15,8 @@ import structlog
 from queueflow import __version__
 from queueflow.core.config import Settings, load_settings
 from queueflow.core.errors import ConfigError, MigrationError
-from queueflow.core.observability import configure_logging
+from queueflow.core.observability import BUILD_INFO, configure_logging
+from queueflow.core.tracing import configure_tracing
 
 SETTING_FLAGS = {  # flag -> (setting, type)
     "--redis-url": ("redis_url", str),
@@ -112,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(**overrides)
         configure_logging(settings.log_level, settings.log_format)
+        if args.command in ("dev", "ingest", "reporting", "worker"):
+            configure_tracing(args.command)
+            BUILD_INFO.labels(args.command, __version__).set(1)
         return _run(args, settings)
     except ConfigError as exc:
         print(f"queueflow: configuration error: {exc}", file=sys.stderr)
@@ -154,7 +158,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         from queueflow.ingest.app import create_app
     else:
         from queueflow.reporting.app import create_app
-    return run_async(serve_app(create_app(settings), args.host, args.port))
+    return run_async(serve_app(create_app(settings), args.host, args.port, settings.access_log))
 
 
 async def migrate_command(settings: Settings) -> int:
@@ -164,10 +168,11 @@ async def migrate_command(settings: Settings) -> int:
     return 0
 
 
-async def serve_app(app: Any, host: str, port: int) -> int:
+async def serve_app(app: Any, host: str, port: int, access_log: bool) -> int:
     from queueflow.core.serving import make_server, serve_until, stop_on_signals
 
-    await serve_until(make_server(app, host, port), stop_on_signals())
+    server = make_server(app, host, port, access_log=access_log)
+    await serve_until(server, stop_on_signals())
     return 0
 
 

@@ -23,6 +23,7 @@ from starlette.types import Receive, Scope, Send
 
 from queueflow.cli import migrate_command, run_async
 from queueflow.core.config import Settings
+from queueflow.core.http_telemetry import route_paths
 from queueflow.core.serving import make_server, serve_until, stop_on_signals
 from queueflow.embedded import die_with_parent, start_postgres, start_valkey
 from queueflow.ingest.app import IngestApp
@@ -36,6 +37,7 @@ class CombinedApp:
 
     def __init__(self, ingest: IngestApp, reporting: FastAPI) -> None:
         self.ingest, self.reporting = ingest, reporting
+        self.route_paths = ingest.route_paths | route_paths(reporting)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -87,7 +89,8 @@ async def _serve(settings: Settings, host: str, port: int) -> int:
     from queueflow.reporting.app import create_app as create_reporting
 
     app = CombinedApp(create_ingest(settings), create_reporting(settings))
-    await serve_until(make_server(app, host, port), stop_on_signals())
+    server = make_server(app, host, port, access_log=settings.access_log)
+    await serve_until(server, stop_on_signals())
     return 0
 
 

@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=0, le=64)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
+    access_log: bool = True  # one log line per HTTP request
+    stream_metrics_interval_ms: int = Field(5_000, ge=100)  # how often workers read XINFO
     # How long a Redis call on the ingest path may take; a request waits at most about twice
     # this (the append in flight, then its own) before its 503, so 0.9 keeps it under 2 s.
     redis_timeout_s: float = Field(0.9, gt=0, le=10)

@@ -17,6 +17,7 @@ from queueflow.core.stream import (
     EVENT_FIELD,
     REASON_FIELD,
     SOURCE_ID_FIELD,
+    TRACEPARENT_FIELD,
     EventStream,
 )
 
@@ -83,7 +84,7 @@ class DeadLetters:
             if EVENT_FIELD not in raw:
                 skipped.append(letter.id)  # nothing to replay: the entry had no event field
                 continue
-            await self.stream.add([raw[EVENT_FIELD]])
+            await self.stream.add([raw[EVENT_FIELD]], raw.get(TRACEPARENT_FIELD))
             await self.client.xdel(self.name, letter.id)
             replayed += 1
         return replayed, skipped

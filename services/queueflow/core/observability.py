@@ -6,11 +6,17 @@ import logging
 import sys
 
 import structlog
-from prometheus_client import Counter, Histogram
+from opentelemetry import trace
+from prometheus_client import Counter, Gauge, Histogram
 
 # Request latencies measured here sit around 0.2-5 ms; the buckets resolve that range.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
+BUILD_INFO = Gauge(
+    "queueflow_build_info",
+    "1 for each running QueueFlow process, by service and version.",
+    ["service", "version"],
+)
 INGEST_ACCEPTED = Counter(
     "queueflow_ingest_events_accepted_total", "Events accepted and appended to the stream."
 )
@@ -19,13 +25,20 @@ INGEST_REJECTED = Counter(
     "Requests rejected before anything was enqueued, by reason.",
     ["reason"],
 )
+INGEST_BATCH_EVENTS = Histogram(
+    "queueflow_ingest_batch_events",
+    "Events per accepted POST /events request.",
+    buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500),
+)
 HTTP_REQUESTS = Counter(
-    "queueflow_http_requests_total", "HTTP requests by route and status.", ["route", "status"]
+    "queueflow_http_requests_total",
+    "HTTP requests by route (or 'other') and status.",
+    ["route", "status"],
 )
 HTTP_DURATION = Histogram(
     "queueflow_http_request_duration_seconds",
-    "Time to answer an HTTP request, by route.",
-    ["route"],
+    "Time to answer an HTTP request, by route and status.",
+    ["route", "status"],
     buckets=LATENCY_BUCKETS,
 )
 WORKER_PROCESSED = Counter(
@@ -39,6 +52,11 @@ WORKER_DEAD_LETTERED = Counter(
     "queueflow_worker_events_dead_lettered_total",
     "Entries moved to the dead-letter stream.",
     ["reason"],
+)
+WORKER_RETRIES = Counter(
+    "queueflow_worker_retries_total",
+    "Calls retried after a transient failure, by dependency (redis, postgres).",
+    ["dependency"],
 )
 WORKER_RECLAIMED = Counter(
     "queueflow_worker_events_reclaimed_total",
@@ -66,6 +84,50 @@ WORKER_BATCH_DURATION = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
 
+# The stream as the group sees it, read by each worker every QUEUEFLOW_STREAM_METRICS_INTERVAL_MS
+# (every worker exports the same figures: aggregate them with max, not sum).
+STREAM_LENGTH = Gauge("queueflow_stream_length_entries", "Entries in the stream (XLEN).")
+STREAM_LAG = Gauge(
+    "queueflow_stream_lag_entries", "Entries not yet delivered to the consumer group."
+)
+STREAM_PENDING = Gauge(
+    "queueflow_stream_pending_entries", "Entries delivered but not yet acknowledged."
+)
+STREAM_OLDEST_PENDING_AGE = Gauge(
+    "queueflow_stream_oldest_pending_age_seconds",
+    "Age of the oldest pending entry (0 when none is pending).",
+)
+STREAM_CONSUMERS = Gauge("queueflow_stream_consumers", "Consumers registered in the group.")
+DEAD_LETTER_LENGTH = Gauge(
+    "queueflow_dead_letter_length_entries", "Entries in the dead-letter stream."
+)
+
+# Every label value of a bounded set exists from the start at 0, so rate() and increase()
+# see the first failure instead of a series appearing from nowhere.
+for _reason in (
+    "validation",
+    "malformed_json",
+    "too_large",
+    "media_type",
+    "backpressure",
+    "redis_unavailable",
+    "disconnected",
+):
+    INGEST_REJECTED.labels(_reason)
+for _kind in ("max_deliveries", "undecodable", "rejected"):
+    WORKER_DEAD_LETTERED.labels(_kind)
+for _dependency in ("redis", "postgres"):
+    WORKER_RETRIES.labels(_dependency)
+
+
+def add_trace_ids(_logger: object, _method: str, event: dict) -> dict:
+    """trace_id and span_id of the active span, so a log line leads to its trace."""
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event["trace_id"] = format(context.trace_id, "032x")
+        event["span_id"] = format(context.span_id, "016x")
+    return event
+
 
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
     """JSON lines to stdout (console rendering for a terminal); stdlib loggers go the same way."""
@@ -73,6 +135,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        add_trace_ids,
     ]
     renderer = (
         structlog.dev.ConsoleRenderer() if fmt == "console" else structlog.processors.JSONRenderer()
@@ -106,4 +169,5 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
-    logging.getLogger("uvicorn.access").disabled = True  # no log line per request
+    # HttpTelemetry writes the access log (with durations): uvicorn's own would repeat it.
+    logging.getLogger("uvicorn.access").disabled = True

@@ -6,8 +6,11 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
+
+from queueflow.core.http_telemetry import HttpTelemetry, route_paths
 
 
 class Server(uvicorn.Server):
@@ -18,9 +21,12 @@ class Server(uvicorn.Server):
         yield
 
 
-def make_server(app: object, host: str, port: int, *, graceful_s: float = 10) -> Server:
+def make_server(
+    app: Any, host: str, port: int, *, access_log: bool = True, graceful_s: float = 10
+) -> Server:
+    """uvicorn serving `app` with HttpTelemetry around it (metrics, access log, spans)."""
     config = uvicorn.Config(
-        app,
+        HttpTelemetry(app, route_paths(app), access_log=access_log),
         host=host,
         port=port,
         loop="none",

@@ -14,6 +14,9 @@ from typing import NamedTuple
 
 import asyncpg
 import structlog
+from opentelemetry.trace import SpanKind
+
+from queueflow.core import tracing
 
 log = structlog.get_logger(__name__)
 
@@ -189,24 +192,35 @@ class EventStore:
         self.pool = pool
 
     @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
-        async with self.pool.acquire() as conn:
-            try:
-                yield conn
-            except (asyncpg.InterfaceError, asyncpg.InternalClientError):
-                # A connection cut mid-statement can leave asyncpg's protocol in a state the
-                # pool would hand out again; drop it so the next try gets a fresh one.
-                conn.terminate()
-                raise
+    async def _connection(self, operation: str, table: str) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection for one statement, traced as a database client span."""
+        span = tracing.tracer.start_as_current_span(
+            f"{operation} {table}",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "db.system.name": "postgresql",
+                "db.operation.name": operation,
+                "db.collection.name": table,
+            },
+        )
+        with span:
+            async with self.pool.acquire() as conn:
+                try:
+                    yield conn
+                except (asyncpg.InterfaceError, asyncpg.InternalClientError):
+                    # A connection cut mid-statement can leave asyncpg's protocol in a state the
+                    # pool would hand out again; drop it so the next try gets a fresh one.
+                    conn.terminate()
+                    raise
 
     async def save_batch(self, rows: list[EventRow]) -> int:
         """Store a batch atomically; returns how many rows were new (the rest were duplicates)."""
         columns = list(zip(*rows, strict=True))
-        async with self._connection() as conn:
+        async with self._connection("INSERT", "events") as conn:
             return await conn.fetchval(SAVE_BATCH, *columns)
 
     async def daily_stats(self, site_id: str, day: date, limit: int) -> DailyStats:
-        async with self._connection() as conn:
+        async with self._connection("SELECT", "daily_site_stats") as conn:
             row = await conn.fetchrow(DAILY_STATS, site_id, day, limit)
         return DailyStats(
             total_views=row["total_views"],

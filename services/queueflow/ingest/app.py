@@ -9,17 +9,18 @@ the event routes in its OpenAPI schema.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import msgspec
 from fastapi import FastAPI, Request
+from opentelemetry.trace import SpanKind
 from starlette.types import Receive, Scope, Send
 
 from queueflow import __version__
 from queueflow.core import observability as obs
+from queueflow.core import tracing
 from queueflow.core.config import Settings
 from queueflow.core.errors import StreamUnavailable
 from queueflow.core.events import (
@@ -31,6 +32,7 @@ from queueflow.core.events import (
     encode_event,
     new_event_ids,
 )
+from queueflow.core.http_telemetry import route_paths
 from queueflow.core.probes import add_probe_routes
 from queueflow.core.stream import EventStream, connect
 from queueflow.ingest.backpressure import Backlog
@@ -53,19 +55,15 @@ class EventEndpoint:
 
     def __init__(self, settings: Settings, *, batch: bool) -> None:
         self.batch = batch
-        self.route = "/events" if batch else "/event"
         self.max_body = settings.max_body_bytes
         self.max_events = settings.max_batch_events
         self.window = EventWindow(settings.max_event_age_days)
-        self.duration = obs.HTTP_DURATION.labels(self.route)
+        self.stream_name = settings.stream
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = time.perf_counter()
         status, body, headers = await self.handle(scope, receive)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-        obs.HTTP_REQUESTS.labels(self.route, status).inc()
-        self.duration.observe(time.perf_counter() - started)
 
     async def handle(self, scope: Scope, receive: Receive) -> tuple[int, bytes, list]:
         content_type, declared_length = b"", None
@@ -105,7 +103,7 @@ class EventEndpoint:
         for event, event_id in zip(missing, new_event_ids(len(missing)), strict=True):
             event.event_id = event_id
         try:
-            await scope["state"]["stream"].add([encode_event(e) for e in events])
+            await self._append(scope["state"]["stream"], [encode_event(e) for e in events])
         except StreamUnavailable:
             return _reject(
                 "redis_unavailable",
@@ -115,11 +113,29 @@ class EventEndpoint:
             )
         obs.INGEST_ACCEPTED.inc(len(events))
         if self.batch:
+            obs.INGEST_BATCH_EVENTS.observe(len(events))
             ids = [e.event_id for e in events]
             reply = {"status": "accepted", "accepted": len(ids), "event_ids": ids}
         else:
             reply = {"status": "accepted", "event_id": events[0].event_id}
         return 202, _encode(reply), _JSON_HEADERS
+
+    async def _append(self, stream: EventStream, payloads: list[bytes]) -> None:
+        if not tracing.state.enabled:
+            await stream.add(payloads)
+            return
+        # A producer span per request; its context goes into each entry for the worker.
+        with tracing.tracer.start_as_current_span(
+            f"send {self.stream_name}",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "redis",
+                "messaging.operation.type": "send",
+                "messaging.destination.name": self.stream_name,
+                "messaging.batch.message_count": len(payloads),
+            },
+        ) as span:
+            await stream.add(payloads, tracing.traceparent(span))
 
     async def _read_body(self, receive: Receive) -> bytes:
         """Read the body, giving up as soon as it passes the limit (before any parsing)."""
@@ -152,6 +168,7 @@ class IngestApp:
     def __init__(self, api: FastAPI, endpoints: dict[str, EventEndpoint]) -> None:
         self.api = api
         self.endpoints = endpoints
+        self.route_paths = set(endpoints) | route_paths(api)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         endpoint = self.endpoints.get(scope.get("path", ""))

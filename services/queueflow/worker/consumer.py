@@ -16,13 +16,16 @@ from functools import partial
 
 import msgspec
 import structlog
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind
 
 from queueflow.core import observability as obs
+from queueflow.core import tracing
 from queueflow.core.config import Settings
 from queueflow.core.events import Event, decode_entry
 from queueflow.core.migrations import apply_migrations
 from queueflow.core.store import EventRow, EventStore
-from queueflow.core.stream import EVENT_FIELD, Entry, EventStream
+from queueflow.core.stream import EVENT_FIELD, TRACEPARENT_FIELD, Entry, EventStream
 from queueflow.worker.housekeeping import Housekeeping
 from queueflow.worker.reclaim import Reclaimer
 from queueflow.worker.retry import DataRejected, Retrying, Stopping
@@ -40,6 +43,7 @@ class Batch:
     rows: list[tuple[Entry, EventRow]]
     deliveries: dict[bytes, int]
     started: float
+    span: Span  # linked to each producer's span; INVALID_SPAN when tracing is off
 
 
 class Consumer:
@@ -121,7 +125,7 @@ class Consumer:
 
     async def prepare(self, entries: list[Entry], *, redelivered: bool = False) -> Batch:
         """Decode entries into rows; dead-letter what cannot be stored, whatever the database."""
-        batch = Batch(entries, [], {}, time.perf_counter())
+        batch = Batch(entries, [], {}, time.perf_counter(), self._batch_span(entries))
         obs.WORKER_BATCH_SIZE.observe(len(entries))
         if redelivered:
             counts = partial(self.stream.delivery_counts, self.name, entries)
@@ -132,29 +136,58 @@ class Consumer:
             if not entry.fields:
                 continue  # deleted from the stream while pending: nothing left to store
             if delivered > self.settings.max_deliveries:
-                await self._dead_letter(
-                    entry, f"max deliveries: delivered {delivered} times", delivered
-                )
+                reason = f"max deliveries: delivered {delivered} times"
+                await self._dead_letter(entry, "max_deliveries", reason, delivered)
             elif payload is None:
-                await self._dead_letter(entry, "undecodable: no event field", delivered)
+                reason = "undecodable: no event field"
+                await self._dead_letter(entry, "undecodable", reason, delivered)
             else:
                 try:
                     batch.rows.append((entry, _row(decode_entry(payload), entry)))
                 except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                    await self._dead_letter(entry, f"undecodable: {exc}", delivered)
+                    await self._dead_letter(entry, "undecodable", f"undecodable: {exc}", delivered)
         return batch
 
     async def commit(self, batch: Batch) -> int:
         """Store the rows in one transaction, then acknowledge every entry of the batch."""
-        inserted = await self._save(batch.rows, batch.deliveries)
-        committed_ms = time.time() * 1000
-        for entry, _ in batch.rows:
-            obs.EVENT_FRESHNESS.observe((committed_ms - entry.received_ms) / 1000)
-        obs.WORKER_PROCESSED.inc(inserted)
-        obs.WORKER_DUPLICATES.inc(len(batch.rows) - inserted)
-        await self.retry.redis(partial(self.stream.ack, [e.id for e in batch.entries]))
-        obs.WORKER_BATCH_DURATION.observe(time.perf_counter() - batch.started)
+        with trace.use_span(batch.span, end_on_exit=True):
+            inserted = await self._save(batch.rows, batch.deliveries)
+            committed_ms = time.time() * 1000
+            for entry, _ in batch.rows:
+                obs.EVENT_FRESHNESS.observe((committed_ms - entry.received_ms) / 1000)
+            obs.WORKER_PROCESSED.inc(inserted)
+            obs.WORKER_DUPLICATES.inc(len(batch.rows) - inserted)
+            await self.retry.redis(partial(self.stream.ack, [e.id for e in batch.entries]))
+            elapsed = time.perf_counter() - batch.started
+            obs.WORKER_BATCH_DURATION.observe(elapsed)
+            log.info(
+                "batch committed",
+                entries=len(batch.entries),
+                stored=inserted,
+                duplicates=len(batch.rows) - inserted,
+                duration_ms=round(elapsed * 1000, 1),
+            )
         return inserted
+
+    def _batch_span(self, entries: list[Entry]) -> Span:
+        if not tracing.state.enabled:
+            return trace.INVALID_SPAN
+        producers = (e.fields[TRACEPARENT_FIELD] for e in entries if TRACEPARENT_FIELD in e.fields)
+        return tracing.tracer.start_span(
+            f"process {self.stream.name}",
+            kind=SpanKind.CONSUMER,
+            links=tracing.links(producers),
+            attributes={
+                "messaging.system": "redis",
+                "messaging.operation.type": "process",
+                "messaging.operation.name": "XREADGROUP",
+                "messaging.destination.name": self.stream.name,
+                "messaging.consumer.group.name": self.stream.group,
+                "messaging.destination.subscription.name": self.stream.group,
+                "messaging.batch.message_count": len(entries),
+                "messaging.client.id": self.name,
+            },
+        )
 
     async def _save(self, batch: list[tuple[Entry, EventRow]], deliveries: dict[bytes, int]) -> int:
         """Commit the batch; a row PostgreSQL rejects for its data is isolated by halving the
@@ -168,7 +201,7 @@ class Consumer:
             if len(batch) == 1:
                 entry = batch[0][0]
                 await self._dead_letter(
-                    entry, f"rejected by database: {exc}", deliveries.get(entry.id, 1)
+                    entry, "rejected", f"rejected by database: {exc}", deliveries.get(entry.id, 1)
                 )
                 return 0
             half = len(batch) // 2
@@ -176,10 +209,12 @@ class Consumer:
                 batch[half:], deliveries
             )
 
-    async def _dead_letter(self, entry: Entry, reason: str, deliveries: int) -> None:
+    async def _dead_letter(self, entry: Entry, kind: str, reason: str, deliveries: int) -> None:
+        """`kind` (max_deliveries, undecodable, rejected) labels the metric; `reason`, stored
+        with the entry, says what exactly went wrong."""
         log.warning("entry dead-lettered", entry_id=entry.id.decode(), reason=reason)
         await self.retry.redis(partial(self.stream.dead_letter, entry, reason, deliveries))
-        obs.WORKER_DEAD_LETTERED.labels(reason.split(":", 1)[0]).inc()
+        obs.WORKER_DEAD_LETTERED.labels(kind).inc()
 
 
 def _row(event: Event, entry: Entry) -> EventRow:

@@ -17,6 +17,7 @@ from queueflow.core.serving import make_server, stop_on_signals
 from queueflow.core.store import EventStore, create_pool
 from queueflow.core.stream import EventStream, connect
 from queueflow.worker.consumer import Consumer
+from queueflow.worker.stream_metrics import export_stream_metrics
 
 log = structlog.get_logger(__name__)
 
@@ -47,9 +48,12 @@ async def run_worker(settings: Settings, host: str, port: int) -> int:
     )
     pool = await create_pool(settings.database_dsn(), max_size=2)
     stream, store = EventStream(client, settings), EventStore(pool)
-    server = make_server(create_ops_app(stream, store), host, port)
+    server = make_server(create_ops_app(stream, store), host, port, access_log=settings.access_log)
     serving = asyncio.create_task(server.serve())
     consuming = asyncio.create_task(Consumer(stream, store, settings).run(stop))
+    exporting = asyncio.create_task(
+        export_stream_metrics(stream, settings.stream_metrics_interval_ms / 1000, stop)
+    )
     log.info(
         "worker started",
         consumer=settings.consumer,
@@ -71,7 +75,7 @@ async def run_worker(settings: Settings, host: str, port: int) -> int:
         )
         code = 1
     server.should_exit = True
-    await serving
+    await asyncio.gather(serving, exporting)
     await asyncio.gather(pool.close(), client.aclose())
     log.info("worker stopped", exit_code=code)
     return code

@@ -12,6 +12,8 @@ import asyncpg
 import structlog
 from redis.exceptions import RedisError, ResponseError
 
+from queueflow.core import observability as obs
+
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
@@ -41,6 +43,7 @@ class Backoff:
         if self.failures == 0:
             log.warning(f"{self.what} unavailable, retrying", error=repr(exc))
         self.failures += 1
+        obs.WORKER_RETRIES.labels(self.what).inc()
         delay = random.uniform(0, min(self.cap_s, self.base_s * 2**self.failures))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stop.wait(), delay)

@@ -1,0 +1,105 @@
+"""What every HTTP request leaves behind, the same for each service: its count and duration by
+route and status, one access-log line, and (when tracing is on) a server span.
+
+It wraps the whole ASGI app, so it also replaces uvicorn's own access log, with the duration
+and in the service's log format. Routes outside the app's own table are labelled "other", so
+a scan of random paths cannot grow the metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection
+from typing import Any
+
+import structlog
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, StatusCode
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from queueflow.core import observability as obs
+from queueflow.core.tracing import context_from_headers, state, tracer
+
+log = structlog.get_logger("queueflow.access")
+
+
+class HttpTelemetry:
+    def __init__(self, app: ASGIApp, routes: Collection[str], *, access_log: bool) -> None:
+        self.app = app
+        self.routes = frozenset(routes)
+        self.access_log = access_log
+        self._children: dict[tuple[str, int], tuple] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the client gets if the app raises before answering
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        path = scope["path"]
+        route = path if path in self.routes else "other"
+        span = None
+        if state.enabled:
+            span = tracer.start_span(
+                f"{scope['method']} {route}",
+                context=context_from_headers(scope["headers"]),
+                kind=SpanKind.SERVER,
+                attributes={
+                    "http.request.method": scope["method"],
+                    "http.route": route,
+                    "url.path": path,
+                },
+            )
+        try:
+            if span is None:
+                await self.app(scope, receive, send_status)
+            else:
+                with trace.use_span(span, end_on_exit=False):
+                    await self.app(scope, receive, send_status)
+        finally:
+            elapsed = time.perf_counter() - started
+            self._record(route, status, elapsed)
+            if span is not None:
+                span.set_attribute("http.response.status_code", status)
+                if status >= 500:
+                    span.set_status(StatusCode.ERROR)
+            if self.access_log:
+                fields = {
+                    "method": scope["method"],
+                    "path": path[:256],
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 3),
+                    "client": (scope.get("client") or ("",))[0],
+                }
+                if span is None:
+                    log.info("request", **fields)
+                else:
+                    with trace.use_span(span, end_on_exit=False):  # for its trace_id in the line
+                        log.info("request", **fields)
+            if span is not None:
+                span.end()
+
+    def _record(self, route: str, status: int, elapsed: float) -> None:
+        children = self._children.get((route, status))
+        if children is None:  # labels() costs a lock and a lookup: resolve each pair once
+            children = (
+                obs.HTTP_REQUESTS.labels(route, status),
+                obs.HTTP_DURATION.labels(route, status),
+            )
+            self._children[(route, status)] = children
+        children[0].inc()
+        children[1].observe(elapsed)
+
+
+def route_paths(app: Any) -> set[str]:
+    """The paths an app serves: its `route_paths` if it composes others, else FastAPI's table."""
+    paths = getattr(app, "route_paths", None)
+    return set(paths) if paths is not None else {route.path for route in app.routes}
