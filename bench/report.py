@@ -55,6 +55,7 @@ def ratios(r: dict) -> dict[str, float | None]:
 
     ref = r.get("reference_single") or {}
     two = r.get("ingest_single_2_processes") or {}
+    inst = r.get("instrumentation") or {}
     return {
         "single_vs_reference": ratio(
             r["ingest_single"]["requests_per_s"], ref.get("requests_per_s")
@@ -65,6 +66,14 @@ def ratios(r: dict) -> dict[str, float | None]:
         ),
         "single_2_processes_vs_1": ratio(
             two.get("requests_per_s"), r["ingest_single"]["requests_per_s"]
+        ),
+        "access_log_vs_bare": ratio(
+            inst.get("access_log", {}).get("requests_per_s"),
+            inst.get("bare", {}).get("requests_per_s"),
+        ),
+        "access_log_and_tracing_vs_bare": ratio(
+            inst.get("access_log_and_tracing", {}).get("requests_per_s"),
+            inst.get("bare", {}).get("requests_per_s"),
         ),
         "batch_events_vs_pipelined_xadd": ratio(
             r["ingest_batch"]["events_per_s"], r["xadd_per_s"]["pipelined"]
@@ -108,6 +117,10 @@ def table(r: dict) -> str:
         (
             f"freshness at {r['freshness_at_events_per_s']:,} events/s (p50/p95 s)",
             f"{r['freshness_s']['p50']} / {r['freshness_s']['p95']}",
+        ),
+        *(
+            (f"POST /event, {name.replace('_', ' ')}", _http(figures))
+            for name, figures in (r.get("instrumentation") or {}).items()
         ),
         ("RSS MB", ", ".join(f"{k} {v}" for k, v in r["rss_mb"].items())),
     ]

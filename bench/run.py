@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import http.server
 import json
 import os
 import platform
@@ -23,6 +24,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -62,7 +64,9 @@ class Bench:
 
     # -- processes ---------------------------------------------------------------------
     @contextlib.contextmanager
-    def service(self, command: str, **env: str) -> Iterator[tuple[str, psutil.Process]]:
+    def service(
+        self, command: str, quiet: bool = False, **env: str
+    ) -> Iterator[tuple[str, psutil.Process]]:
         port = free_port()
         proc = subprocess.Popen(
             [
@@ -76,6 +80,7 @@ class Bench:
                 str(port),
             ],
             env={**self.env, **env},
+            stdout=subprocess.DEVNULL if quiet else None,
         )
         url = f"http://127.0.0.1:{port}"
         try:
@@ -156,6 +161,36 @@ class Bench:
                     )
                 )
         return summarize(runs)
+
+    def instrumentation(self) -> None:
+        """Single-event ingest bare (no access log, no tracing), as deployed (access log on),
+        and with tracing exported over OTLP/HTTP (every request, and 1% sampled), side by
+        side in alternating runs."""
+        variants = {
+            "bare": {"QUEUEFLOW_ACCESS_LOG": "false"},
+            "access_log": {"QUEUEFLOW_LOG_LEVEL": "info"},
+            "access_log_and_tracing": {"QUEUEFLOW_LOG_LEVEL": "info"},
+            "access_log_and_tracing_1pct": {
+                "QUEUEFLOW_LOG_LEVEL": "info",
+                "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                "OTEL_TRACES_SAMPLER_ARG": "0.01",
+            },
+        }
+        runs: dict[str, list[dict]] = {name: [] for name in variants}
+        with otlp_sink() as endpoint:
+            for name in ("access_log_and_tracing", "access_log_and_tracing_1pct"):
+                variants[name]["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
+            with contextlib.ExitStack() as stack:
+                urls = {
+                    name: stack.enter_context(self.service("ingest", quiet=True, **env))[0]
+                    for name, env in variants.items()
+                }
+                for _ in range(self.args.runs):
+                    for name, url in urls.items():
+                        self.redis.delete(STREAM)
+                        runs[name].append(load.http(f"{url}/event", "single", self.args.duration))
+        self.redis.delete(STREAM)
+        self.results["instrumentation"] = {name: summarize(r) for name, r in runs.items()}
 
     @contextlib.contextmanager
     def reference(self) -> Iterator[str | None]:
@@ -265,6 +300,28 @@ class Bench:
 
 
 # -- helpers -------------------------------------------------------------------------------
+@contextlib.contextmanager
+def otlp_sink() -> Iterator[str]:
+    """An OTLP/HTTP endpoint that accepts every export and drops it."""
+
+    class Sink(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 30) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -372,6 +429,8 @@ def main() -> int:
             bench.drain,
             bench.freshness_and_soak,
         ]
+        if not args.smoke:
+            steps.insert(3, bench.instrumentation)
         for step in steps:
             print(f"[bench] {step.__name__} ...", flush=True)
             step()

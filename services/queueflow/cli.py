@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Coroutine
 from datetime import UTC, date, datetime
@@ -112,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         settings = load_settings(**overrides)
+        if args.command == "dev" and "QUEUEFLOW_LOG_FORMAT" not in os.environ:
+            # A person at a terminal reads console lines; its workers inherit the format.
+            fmt = "console" if sys.stdout.isatty() else "json"
+            settings = settings.model_copy(update={"log_format": fmt})
         configure_logging(settings.log_level, settings.log_format)
         if args.command in ("dev", "ingest", "reporting", "worker"):
             configure_tracing(args.command)
