@@ -44,7 +44,7 @@ format: venv ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: venv ## Measure speed against the limits (about 9 minutes; see bench/README.md)
+bench: venv ## Measure speed against the limits (under 10 minutes; see bench/README.md)
 	$(BIN)/python -m bench.run
 
 bench-smoke: venv ## Quick ratio check for a 2x slowdown (about a minute)
