@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection
+from contextlib import nullcontext
 from typing import Any
 
 import structlog
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import Span, SpanKind, StatusCode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from queueflow.core import observability as obs
@@ -45,47 +46,41 @@ class HttpTelemetry:
 
         path = scope["path"]
         route = path if path in self.routes else "other"
-        span = None
-        if state.enabled:
-            span = tracer.start_span(
-                f"{scope['method']} {route}",
-                context=context_from_headers(scope["headers"]),
-                kind=SpanKind.SERVER,
-                attributes={
-                    "http.request.method": scope["method"],
-                    "http.route": route,
-                    "url.path": path,
-                },
-            )
-        try:
-            if span is None:
+        span = self._server_span(scope, route, path) if state.enabled else None
+        # Inside the span's context, the access-log line carries its trace_id.
+        with nullcontext() if span is None else trace.use_span(span, end_on_exit=True):
+            try:
                 await self.app(scope, receive, send_status)
-            else:
-                with trace.use_span(span, end_on_exit=False):
-                    await self.app(scope, receive, send_status)
-        finally:
-            elapsed = time.perf_counter() - started
-            self._record(route, status, elapsed)
-            if span is not None:
-                span.set_attribute("http.response.status_code", status)
-                if status >= 500:
-                    span.set_status(StatusCode.ERROR)
-            if self.access_log:
-                fields = {
-                    "method": scope["method"],
-                    "path": path[:256],
-                    "route": route,
-                    "status": status,
-                    "duration_ms": round(elapsed * 1000, 3),
-                    "client": (scope.get("client") or ("",))[0],
-                }
-                if span is None:
-                    log.info("request", **fields)
-                else:
-                    with trace.use_span(span, end_on_exit=False):  # for its trace_id in the line
-                        log.info("request", **fields)
-            if span is not None:
-                span.end()
+            finally:
+                elapsed = time.perf_counter() - started
+                self._record(route, status, elapsed)
+                if span is not None:
+                    span.set_attribute("http.response.status_code", status)
+                    if status >= 500:
+                        span.set_status(StatusCode.ERROR)
+                if self.access_log:
+                    log.info(
+                        "request",
+                        method=scope["method"],
+                        path=path[:256],
+                        route=route,
+                        status=status,
+                        duration_ms=round(elapsed * 1000, 3),
+                        client=(scope.get("client") or ("",))[0],
+                    )
+
+    @staticmethod
+    def _server_span(scope: Scope, route: str, path: str) -> Span:
+        return tracer.start_span(
+            f"{scope['method']} {route}",
+            context=context_from_headers(scope["headers"]),
+            kind=SpanKind.SERVER,
+            attributes={
+                "http.request.method": scope["method"],
+                "http.route": route,
+                "url.path": path,
+            },
+        )
 
     def _record(self, route: str, status: int, elapsed: float) -> None:
         children = self._children.get((route, status))

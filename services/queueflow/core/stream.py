@@ -231,16 +231,8 @@ class EventStream:
 
     async def backlog(self) -> int:
         """Entries not yet processed by the group: undelivered (lag) plus pending."""
-        try:
-            groups = await self.client.xinfo_groups(self.name)
-        except ResponseError:  # no stream yet
-            return 0
-        for group in groups:
-            if group["name"].decode() == self.group and group.get("lag") is not None:
-                return group["lag"] + group["pending"]
-        # No group yet (no worker ever ran), or a lag Redis cannot tell after deletions:
-        # the stream holds only unprocessed entries plus what trimming has not removed yet.
-        return await self.client.xlen(self.name)
+        stats = await self.stats()
+        return stats.lag + stats.pending
 
     async def trim_processed(self) -> int:
         """XTRIM MINID below the oldest entry any group still needs (pending or undelivered).
@@ -271,7 +263,7 @@ class EventStream:
         return [name.decode() for name in deleted]
 
     async def stats(self) -> StreamStats:
-        """The stream as the group sees it, in one round trip (for the stream metrics)."""
+        """The stream as the group sees it, in one round trip (stream metrics, backpressure)."""
         pipe = self.client.pipeline(transaction=False)
         pipe.xlen(self.name)
         pipe.xlen(self.dead_letter_name)
@@ -281,16 +273,21 @@ class EventStream:
         for reply in (length, dead):
             if isinstance(reply, Exception):
                 raise reply
-        # A stream or group not created yet answers with an error: nothing is waiting then.
+        # A stream or group not created yet answers with an error. Without a group (no worker
+        # ever ran) every entry is still to be processed.
         group = next(
             (g for g in _ok(groups, []) if g["name"].decode() == self.group),
             {"lag": length, "pending": 0, "consumers": 0},
         )
         oldest = _ok(pending, {}).get("min")
+        lag = group.get("lag")
+        if lag is None:
+            # Redis cannot tell the lag after some deletions; what the stream holds beyond
+            # the pending entries bounds it.
+            lag = max(length - group["pending"], 0)
         return StreamStats(
             length=length,
-            # Redis cannot tell the lag after some deletions; the stream length bounds it.
-            lag=length if group.get("lag") is None else group["lag"],
+            lag=lag,
             pending=group["pending"],
             oldest_pending_ms=None if oldest is None else parse_id(oldest)[0],
             consumers=group["consumers"],

@@ -68,7 +68,11 @@ def context_from_headers(headers: Iterable[tuple[bytes, bytes]]) -> Context | No
     return None
 
 
-def traceparent(span: Span) -> bytes:
+def traceparent(span: Span) -> bytes | None:
+    """The span's W3C context for a stream entry; None for a span sampled out, whose entries
+    then take the untraced append (a link to a span never exported would lead nowhere)."""
+    if not span.is_recording():
+        return None
     carrier: dict[str, str] = {}
     _propagator.inject(carrier, trace.set_span_in_context(span))
     return carrier.get("traceparent", "").encode()

@@ -58,7 +58,6 @@ class EventEndpoint:
         self.max_body = settings.max_body_bytes
         self.max_events = settings.max_batch_events
         self.window = EventWindow(settings.max_event_age_days)
-        self.stream_name = settings.stream
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         status, body, headers = await self.handle(scope, receive)
@@ -126,12 +125,12 @@ class EventEndpoint:
             return
         # A producer span per request; its context goes into each entry for the worker.
         with tracing.tracer.start_as_current_span(
-            f"send {self.stream_name}",
+            f"send {stream.name}",
             kind=SpanKind.PRODUCER,
             attributes={
                 "messaging.system": "redis",
                 "messaging.operation.type": "send",
-                "messaging.destination.name": self.stream_name,
+                "messaging.destination.name": stream.name,
                 "messaging.batch.message_count": len(payloads),
             },
         ) as span:
