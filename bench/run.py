@@ -410,6 +410,7 @@ def main() -> int:
     parser.add_argument("--backlog", type=int, default=200_000, help="events preloaded to drain")
     parser.add_argument("--soak", type=int, default=300, help="soak seconds (0: none)")
     parser.add_argument("--smoke", action="store_true", help="quick ratio check, ~1 minute")
+    parser.add_argument("--only", help="run one step (e.g. instrumentation), print its JSON")
     args = parser.parse_args()
     if args.smoke:
         args.runs, args.duration, args.backlog, args.soak = 1, 3, 40_000, 0
@@ -433,6 +434,10 @@ def main() -> int:
         ]
         if not args.smoke:
             steps.insert(3, bench.instrumentation)
+        if args.only:
+            getattr(bench, args.only)()
+            print(json.dumps(bench.results, indent=2))
+            return 0
         for step in steps:
             print(f"[bench] {step.__name__} ...", flush=True)
             step()

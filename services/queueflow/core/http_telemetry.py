@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection
-from contextlib import nullcontext
 from typing import Any
 
 import structlog
-from opentelemetry import trace
+from opentelemetry import context, trace
 from opentelemetry.trace import Span, SpanKind, StatusCode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from queueflow.core import observability as obs
-from queueflow.core.tracing import context_from_headers, state, tracer
+from queueflow.core import tracing
 
 log = structlog.get_logger("queueflow.access")
 
@@ -46,34 +45,39 @@ class HttpTelemetry:
 
         path = scope["path"]
         route = path if path in self.routes else "other"
-        span = self._server_span(scope, route, path) if state.enabled else None
-        # Inside the span's context, the access-log line carries its trace_id.
-        with nullcontext() if span is None else trace.use_span(span, end_on_exit=True):
-            try:
-                await self.app(scope, receive, send_status)
-            finally:
-                elapsed = time.perf_counter() - started
-                self._record(route, status, elapsed)
-                if span is not None:
+        span = token = None
+        if tracing.state.enabled:
+            span = self._server_span(scope, route, path)
+            # Attached directly, not through use_span's generator: this runs per request.
+            token = context.attach(trace.set_span_in_context(span))
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            elapsed = time.perf_counter() - started
+            self._record(route, status, elapsed)
+            if self.access_log:  # inside the span's context: the line carries its trace_id
+                log.info(
+                    "request",
+                    method=scope["method"],
+                    path=path[:256],
+                    route=route,
+                    status=status,
+                    duration_ms=round(elapsed * 1000, 3),
+                    client=(scope.get("client") or ("",))[0],
+                )
+            if span is not None:
+                context.detach(token)
+                if span.is_recording():
                     span.set_attribute("http.response.status_code", status)
                     if status >= 500:
                         span.set_status(StatusCode.ERROR)
-                if self.access_log:
-                    log.info(
-                        "request",
-                        method=scope["method"],
-                        path=path[:256],
-                        route=route,
-                        status=status,
-                        duration_ms=round(elapsed * 1000, 3),
-                        client=(scope.get("client") or ("",))[0],
-                    )
+                span.end()
 
     @staticmethod
     def _server_span(scope: Scope, route: str, path: str) -> Span:
-        return tracer.start_span(
+        return tracing.tracer.start_span(
             f"{scope['method']} {route}",
-            context=context_from_headers(scope["headers"]),
+            context=tracing.context_from_headers(scope["headers"]),
             kind=SpanKind.SERVER,
             attributes={
                 "http.request.method": scope["method"],

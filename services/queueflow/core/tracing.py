@@ -23,6 +23,8 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from queueflow import __version__
 
 _propagator = TraceContextTextMapPropagator()
+# Replaced by the SDK's own tracer once configured: the API's proxy tracer adds a layer of
+# calls to every span, which costs on the hot path.
 tracer = trace.get_tracer("queueflow", __version__)
 
 
@@ -56,6 +58,8 @@ def configure_tracing(service: str, exporter: SpanExporter | None = None) -> boo
     provider = TracerProvider(resource=resource)
     provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
+    global tracer
+    tracer = provider.get_tracer("queueflow", __version__)
     state.enabled = True
     return True
 
