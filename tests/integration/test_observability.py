@@ -25,6 +25,7 @@ from tests.helpers import Service, event, running, serve, service_env, until
 def samples(url: str) -> dict[tuple[str, tuple], float]:
     """Every sample of a /metrics page, keyed by name and sorted labels."""
     text = httpx.get(f"{url}/metrics", timeout=5).text
+    assert "_created" not in text  # one series per metric, not a creation timestamp beside it
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)

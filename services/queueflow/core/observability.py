@@ -8,7 +8,11 @@ import sys
 import msgspec
 import structlog
 from opentelemetry import trace
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+
+# A `_created` series per counter and histogram doubles what Prometheus stores, for a
+# timestamp no dashboard or alert here reads.
+disable_created_metrics()
 
 # Request latencies measured here sit around 0.2-5 ms; the buckets resolve that range.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
