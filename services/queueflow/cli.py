@@ -1,4 +1,4 @@
-"""The `queueflow` command: dev, ingest, reporting, worker and migrate."""
+"""The `queueflow` command: dev, ingest, reporting, worker, migrate and operator commands."""
 
 from __future__ import annotations
 
@@ -93,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("--all", dest="every", action="store_true", help="replay or purge all")
     dead.add_argument("--count", type=int, default=50, help="list: how many [50]")
     dead.add_argument("--after", help="list: start after this id")
+    smoke = command(
+        "smoke", "Send one event through a deployment and read it back", {}, listens=False
+    )
+    smoke.add_argument("--ingest-url", required=True, help="e.g. http://queueflow-ingest")
+    smoke.add_argument("--reporting-url", required=True, help="e.g. http://queueflow-reporting")
+    smoke.add_argument("--timeout", type=float, default=60, help="seconds to wait [60]")
     return parser
 
 
@@ -144,6 +150,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         )
     if args.command == "migrate":
         return run_async(migrate_command(settings))
+    if args.command == "smoke":
+        from queueflow.smoke import smoke
+
+        return smoke(args.ingest_url, args.reporting_url, args.timeout)
     if args.command == "verify":
         from queueflow.operator import verify
 
