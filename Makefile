@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.queueflow-installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv dev test test-unit lint format bench bench-smoke clean
+.PHONY: help venv dev test test-unit chart-test e2e lint format bench bench-smoke clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -35,6 +35,12 @@ test: venv ## Run the whole test suite against real servers
 
 test-unit: venv ## Only the tests that need no servers
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+chart-test: venv ## The Helm chart, offline: lint, render, validate, and run its commands locally
+	$(BIN)/python -m pytest tests/chart $(PYTEST_ARGS)
+
+e2e: venv ## On a machine with Docker and kind: build, install the chart in kind, kill a worker
+	$(BIN)/python -m pytest tests/e2e -m e2e $(PYTEST_ARGS)
 
 lint: venv ## ruff check and format check
 	$(BIN)/ruff check .
