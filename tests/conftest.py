@@ -3,6 +3,7 @@ DATABASE_URL), a migrated template database, and per-test clean state."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -61,17 +62,25 @@ async def template_database(servers: dict[str, str]) -> str:
     return url
 
 
-@pytest.fixture
-async def database_url(servers: dict[str, str], template_database: str) -> AsyncIterator[str]:
-    """A fresh, migrated database of this test's own."""
+@contextlib.asynccontextmanager
+async def scratch_database(server_url: str, template: str | None = None) -> AsyncIterator[str]:
+    """A database of its own (a copy of `template`, or empty), dropped afterwards."""
     name = f"qf_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(servers["postgres"])
+    admin = await asyncpg.connect(server_url)
     try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
-        yield with_database(servers["postgres"], name)
+        copy = f' TEMPLATE "{template}"' if template else ""
+        await admin.execute(f'CREATE DATABASE "{name}"{copy}')
+        yield with_database(server_url, name)
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+@pytest.fixture
+async def database_url(servers: dict[str, str], template_database: str) -> AsyncIterator[str]:
+    """A fresh, migrated database of this test's own."""
+    async with scratch_database(servers["postgres"], TEMPLATE_DB) as url:
+        yield url
 
 
 @pytest.fixture

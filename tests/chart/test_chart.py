@@ -190,6 +190,9 @@ def test_hpa_and_keda_never_both_and_replicas_left_to_them(render: Render, helm:
     both = {"worker": {"autoscaling": {"enabled": True}, "keda": {"enabled": True}}}
     done = run_helm(helm, "template", RELEASE, str(CHART), values=both)
     assert done.returncode != 0 and "exclusive" in done.stderr
+    external = {**EXTERNAL, **KEDA}  # KEDA cannot guess where an external Redis is
+    done = run_helm(helm, "template", RELEASE, str(CHART), values=external)
+    assert done.returncode != 0 and "redisAddress" in done.stderr
 
     fixed = render(NO_HPA)
     assert not find(fixed, "HorizontalPodAutoscaler") and not find(fixed, "ScaledObject")

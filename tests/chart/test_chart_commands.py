@@ -13,16 +13,15 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import asyncpg
 import httpx
 import pytest
 
 from tests.chart.conftest import RELEASE, Render, find, one, pod_spec
-from tests.conftest import with_database
+from tests.conftest import scratch_database
 from tests.helpers import free_port
 
 BIN = Path(sys.executable).parent
@@ -80,16 +79,10 @@ def wait_ok(url: str, proc: subprocess.Popen, timeout_s: float = 30) -> None:
 
 
 @pytest.fixture
-async def empty_database(servers: dict[str, str]) -> Iterator[str]:
+async def empty_database(servers: dict[str, str]) -> AsyncIterator[str]:
     """A database with no schema: the rendered migration command has to create it."""
-    name = f"qf_chart_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(servers["postgres"])
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield with_database(servers["postgres"], name)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with scratch_database(servers["postgres"]) as url:
+        yield url
 
 
 def test_rendered_commands_run_and_agree(
