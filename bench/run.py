@@ -90,8 +90,23 @@ class Bench:
             proc.terminate()
             proc.wait(30)
 
+    def settle(self, *streams: str) -> None:
+        """Delete the streams and compact the AOF, waiting until it is done: every load run
+        starts from the same Redis, not inside a rewrite the previous run's writes set off
+        (a fork and a second process on the same two cores)."""
+        self.redis.delete(*streams)
+        if self.redis.config_get("appendonly")["appendonly"] != "yes":
+            return
+        with contextlib.suppress(redis.ResponseError):  # "already in progress"
+            self.redis.bgrewriteaof()
+        while True:
+            info = self.redis.info("persistence")
+            if not (info["aof_rewrite_in_progress"] or info["aof_rewrite_scheduled"]):
+                return
+            time.sleep(0.05)
+
     def reset(self) -> None:
-        self.redis.delete(STREAM)
+        self.settle(STREAM)
         asyncio.run(self._sql(f"TRUNCATE {TABLES}"))
 
     async def _sql(self, statement: str) -> object:
@@ -109,7 +124,7 @@ class Bench:
         tool = shutil.which("redis-benchmark") or shutil.which("valkey-benchmark")
         for _ in range(self.args.runs):
             for name, depth in (("unpipelined", 1), ("pipelined", 16)):
-                self.redis.delete("bench_xadd")
+                self.settle("bench_xadd")
                 if tool:
                     rates[name].append(redis_benchmark(tool, port, payload, depth))
                 else:
@@ -132,12 +147,12 @@ class Bench:
         single, batch, ref = [], [], []
         with self.service("ingest") as (url, proc), reference as ref_url:
             for _ in range(self.args.runs):
-                self.redis.delete(STREAM)
+                self.settle(STREAM)
                 single.append(load.http(f"{url}/event", "single", self.args.duration))
                 if ref_url:
-                    self.redis.delete("events_reference")
+                    self.settle("events_reference")
                     ref.append(load.http(f"{ref_url}/event", "single", self.args.duration))
-                self.redis.delete(STREAM)
+                self.settle(STREAM)
                 batch.append(load.http(f"{url}/events", "batch", self.args.duration))
             self.results["rss_mb"]["ingest"] = rss_mb(proc)
             if not self.args.smoke:
@@ -154,7 +169,7 @@ class Bench:
         runs = []
         with self.service("ingest") as (second_url, _):
             for _ in range(self.args.runs):
-                self.redis.delete(STREAM)
+                self.settle(STREAM)
                 runs.append(
                     load.http_split(
                         [f"{url}/event", f"{second_url}/event"], "single", self.args.duration
@@ -187,7 +202,7 @@ class Bench:
                 }
                 for _ in range(self.args.runs):
                     for name, url in urls.items():
-                        self.redis.delete(STREAM)
+                        self.settle(STREAM)
                         # Half-length runs: four variants must fit the bench's 10 minutes.
                         seconds = max(1, self.args.duration // 2)
                         runs[name].append(load.http(f"{url}/event", "single", seconds))

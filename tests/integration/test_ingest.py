@@ -8,6 +8,7 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -65,6 +66,55 @@ async def test_a_batch_is_accepted_whole(client, redis_client, settings) -> None
     stored = await stream_events(redis_client, settings)
     assert [e.event_id for e in stored] == body["event_ids"]
     assert [e.user_id for e in stored] == [f"u{i}" for i in range(100)]
+
+
+async def test_concurrent_requests_share_round_trips_and_each_lands_once(
+    client, redis_client, settings
+) -> None:
+    singles = [client.post("/event", json=event(user_id=f"s{i}")) for i in range(200)]
+    batches = [
+        client.post("/events", json=[event(user_id=f"b{i}-{j}") for j in range(10)])
+        for i in range(20)
+    ]
+    responses = await asyncio.gather(*singles, *batches)
+    assert {r.status_code for r in responses} == {202}
+    accepted = [r.json()["event_id"] for r in responses[:200]]
+    accepted += [i for r in responses[200:] for i in r.json()["event_ids"]]
+    stored = await stream_events(redis_client, settings)
+    assert sorted(e.event_id for e in stored) == sorted(accepted)
+    assert len(set(accepted)) == 400
+    # Each batch's events stay together and in order, whatever was appended beside them.
+    users = [e.user_id for e in stored]
+    for i in range(20):
+        first = users.index(f"b{i}-0")
+        assert users[first : first + 10] == [f"b{i}-{j}" for j in range(10)]
+
+
+async def test_a_flushed_script_cache_is_reloaded(client, redis_client, settings) -> None:
+    assert (await client.post("/events", json=[event(), event()])).status_code == 202
+    await redis_client.script_flush()  # as after a Redis restart without persistence
+    assert (await client.post("/events", json=[event(), event()])).status_code == 202
+    assert await redis_client.xlen(settings.stream) == 4
+
+
+async def test_the_urls_credentials_and_database_apply_to_appends(settings, redis_client) -> None:
+    user, password = f"ingest-{settings.stream}", "s3cret/:@"
+    await redis_client.acl_setuser(
+        user, enabled=True, passwords=[f"+{password}"], keys=["*"], commands=["+@all"]
+    )
+    base = settings.redis_dsn().split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
+    url = f"redis://{user}:{quote(password, safe='')}@{base}/5"
+    db5 = redis.from_url(url)
+    try:
+        async with serve(create_app(settings.model_copy(update={"redis_url": url}))) as client:
+            assert (await client.post("/event", json=event())).status_code == 202
+            assert (await client.post("/events", json=[event(), event()])).status_code == 202
+        assert await db5.xlen(settings.stream) == 3
+        assert await redis_client.xlen(settings.stream) == 0  # nothing in database 0
+    finally:
+        await db5.delete(settings.stream)
+        await db5.aclose()
+        await redis_client.acl_deluser(user)
 
 
 BAD_SINGLE = [

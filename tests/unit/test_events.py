@@ -171,6 +171,7 @@ def test_uuid7_ids_are_well_formed_unique_and_time_ordered() -> None:
     assert all(pattern.match(i) for i in ids)
     assert all(uuid.UUID(i).version == 7 and uuid.UUID(i).variant == uuid.RFC_4122 for i in ids)
     assert [i[:13] for i in ids] == sorted(i[:13] for i in ids)
+    assert {i[19] for i in ids} == set("89ab")  # both random bits after the variant vary
 
 
 def test_the_stream_payload_round_trips_without_the_time_window() -> None:

@@ -8,13 +8,14 @@ event's received_at.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from queueflow.core.config import Settings
 from queueflow.core.errors import StreamUnavailable
@@ -26,8 +27,8 @@ DELIVERIES_FIELD = b"deliveries"
 TRACEPARENT_FIELD = b"traceparent"
 
 # A batch is appended by one script: one round trip, atomic like MULTI/EXEC (all entries or
-# none), and measured here at 9 us per event against 32 us for a redis-py MULTI pipeline,
-# whose per-command packing in Python dominates.
+# none). MULTI/XADD.../EXEC costs Redis 25% less, but its 102 replies cost ingest seven times
+# more to read through redis-py than the script's one (bench/README.md, "Findings").
 ADD_MANY = f"""
 for i = 1, #ARGV do
     redis.call('XADD', KEYS[1], '*', '{EVENT_FIELD.decode()}', ARGV[i])
@@ -86,6 +87,14 @@ class StreamStats:
     dead_letters: int
 
 
+def _command(*args: bytes) -> bytes:
+    """A command in RESP, the Redis wire protocol."""
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+
+
+_SHA = {s: hashlib.sha1(s.encode()).hexdigest().encode() for s in (ADD_MANY, ADD_MANY_TRACED)}
+
+
 def parse_id(entry_id: bytes | str) -> tuple[int, int]:
     text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
     ms, _, seq = text.partition("-")
@@ -111,8 +120,7 @@ class EventStream:
         self.group = settings.group
         self.dead_letter_name = settings.dead_letter_stream
         self.timeout_s = settings.redis_timeout_s
-        self._add_many = client.register_script(ADD_MANY)
-        self._add_many_traced = client.register_script(ADD_MANY_TRACED)
+        self.key = self.name.encode()
         self._queue: list[tuple[Sequence[bytes], bytes | None, asyncio.Future[None]]] = []
         self._flushers: set[asyncio.Task[None]] = set()
         self._delete_idle_consumers = client.register_script(DELETE_IDLE_CONSUMERS)
@@ -151,14 +159,32 @@ class EventStream:
         try:
             if any(traceparent for _, traceparent, _ in group):
                 args = [a for ps, tp, _ in group for p in ps for a in (p, tp or b"")]
-                await self._add_many_traced(keys=[self.name], args=args)
+                await self._run_script(ADD_MANY_TRACED, args)
             elif len(group) == 1 and len(group[0][0]) == 1:
-                await self.client.xadd(self.name, {EVENT_FIELD: group[0][0][0]})
+                await self._send(_command(b"XADD", self.key, b"*", EVENT_FIELD, group[0][0][0]))
             else:
-                await self._add_many(keys=[self.name], args=[p for ps, _, _ in group for p in ps])
+                await self._run_script(ADD_MANY, [p for ps, _, _ in group for p in ps])
         except (RedisError, OSError, TimeoutError) as exc:
             return StreamUnavailable(str(exc) or type(exc).__name__)
         return None
+
+    async def _run_script(self, source: str, args: list[bytes]) -> None:
+        try:
+            await self._send(_command(b"EVALSHA", _SHA[source], b"1", self.key, *args))
+        except NoScriptError:  # Redis restarted or its script cache was flushed; EVAL caches it
+            await self._send(_command(b"EVAL", source.encode(), b"1", self.key, *args))
+
+    async def _send(self, command: bytes) -> object:
+        """One packed command, one reply. The hot path packs its own commands: redis-py's
+        packing in Python and its per-command bookkeeping cost ingest twice what the rest of
+        the round trip does. The connection drops itself on a failed read or write."""
+        pool = self.client.connection_pool
+        conn = await pool.get_connection()
+        try:
+            await conn.send_packed_command(command, check_health=False)
+            return await conn.read_response()
+        finally:
+            await pool.release(conn)
 
     async def ensure_group(self) -> None:
         """Create the stream and group, starting at the beginning so no earlier event is missed."""
