@@ -40,13 +40,20 @@ def freshness(worker_url: str) -> dict[str, float]:
 
 
 def summarize(runs: list[dict], events_per_request: int = 1) -> dict:
-    return {
+    summary = {
         "requests_per_s": median([r["requests_per_s"] for r in runs]),
         "events_per_s": median([r["requests_per_s"] * events_per_request for r in runs]),
         "p50_ms": median([r["p50_ms"] for r in runs]),
         "p99_ms": median([r["p99_ms"] for r in runs]),
+        "p99_ms_runs": [r["p99_ms"] for r in runs],
         "errors": sum(r["errors"] for r in runs),
     }
+    if "cpu_us_per_event" in runs[0]:
+        summary["cpu_us_per_event"] = {
+            name: median([r["cpu_us_per_event"][name] for r in runs])
+            for name in runs[0]["cpu_us_per_event"]
+        }
+    return summary
 
 
 def ratios(r: dict) -> dict[str, float | None]:
@@ -111,6 +118,10 @@ def table(r: dict) -> str:
             f"{r['ingest_batch']['p99_ms']}",
         ),
         (
+            "CPU per event, single / batch (us): ingest; Valkey",
+            f"{_cpu(r, 'ingest')}; {_cpu(r, 'valkey')}",
+        ),
+        (
             "drain, 1 worker / 2 workers (events/s)",
             f"{r['drain_1_worker_events_per_s']:,.0f} / {r['drain_2_worker_events_per_s']:,.0f}",
         ),
@@ -137,6 +148,13 @@ def table(r: dict) -> str:
     rows += [(f"ratio {k}", "-" if v is None else f"{v}") for k, v in r["ratios"].items()]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _cpu(r: dict, process: str) -> str:
+    return " / ".join(
+        str(r[step].get("cpu_us_per_event", {}).get(process, "-"))
+        for step in ("ingest_single", "ingest_batch")
+    )
 
 
 def _http(s: dict) -> str:

@@ -47,10 +47,13 @@ TABLES = "events, daily_site_stats, daily_site_path_counts, daily_site_users"
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, redis_url: str, database_url: str) -> None:
+    def __init__(
+        self, args: argparse.Namespace, redis_url: str, database_url: str, valkey_pid: int
+    ) -> None:
         self.args = args
         self.redis_url, self.database_url = redis_url, database_url
         self.redis = redis.from_url(redis_url)
+        self.valkey = psutil.Process(valkey_pid)
         self.env = {
             **os.environ,
             "REDIS_URL": redis_url,
@@ -148,12 +151,12 @@ class Bench:
         with self.service("ingest") as (url, proc), reference as ref_url:
             for _ in range(self.args.runs):
                 self.settle(STREAM)
-                single.append(load.http(f"{url}/event", "single", self.args.duration))
+                single.append(self.with_cpu(proc, f"{url}/event", "single"))
                 if ref_url:
                     self.settle("events_reference")
                     ref.append(load.http(f"{ref_url}/event", "single", self.args.duration))
                 self.settle(STREAM)
-                batch.append(load.http(f"{url}/events", "batch", self.args.duration))
+                batch.append(self.with_cpu(proc, f"{url}/events", "batch"))
             self.results["rss_mb"]["ingest"] = rss_mb(proc)
             if not self.args.smoke:
                 self.results["ingest_single_2_processes"] = self.two_processes(url)
@@ -162,6 +165,19 @@ class Bench:
         self.results["ingest_single"] = summarize(single)
         self.results["ingest_batch"] = summarize(batch, events_per_request=100)
         self.results["reference_single"] = summarize(ref) if ref else None
+
+    def with_cpu(self, ingest: psutil.Process, url: str, kind: str) -> dict:
+        """One load run and the CPU time ingest and Valkey spent per event accepted in it:
+        what bounds the rate when both share this machine's cores with the load generator."""
+        before = [cpu_seconds(p) for p in (ingest, self.valkey)]
+        result = load.http(url, kind, self.args.duration)
+        spent = [cpu_seconds(p) - b for p, b in zip((ingest, self.valkey), before, strict=True)]
+        events = result["requests_per_s"] * self.args.duration * (100 if kind == "batch" else 1)
+        result["cpu_us_per_event"] = {
+            name: 1e6 * seconds / events
+            for name, seconds in zip(("ingest", "valkey"), spent, strict=True)
+        }
+        return result
 
     def two_processes(self, url: str) -> dict:
         """The same single-event load split over two ingest processes: what a second
@@ -364,6 +380,11 @@ def wait_port(port: int, timeout_s: float = 20) -> None:
     raise TimeoutError(port)
 
 
+def cpu_seconds(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return times.user + times.system
+
+
 def rss_mb(proc: psutil.Process) -> float:
     return round(proc.memory_info().rss / 2**20, 1)
 
@@ -439,7 +460,7 @@ def main() -> int:
             check=True,
             env={**os.environ, "DATABASE_URL": postgres.url, "QUEUEFLOW_LOG_LEVEL": "warning"},
         )
-        bench = Bench(args, valkey.url, postgres.url)
+        bench = Bench(args, valkey.url, postgres.url, valkey.process.pid)
         steps: list[Callable[[], None]] = [
             bench.xadd_limits,
             bench.sql_limit,
