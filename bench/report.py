@@ -63,6 +63,7 @@ def ratios(r: dict) -> dict[str, float | None]:
     ref = r.get("reference_single") or {}
     two = r.get("ingest_single_2_processes") or {}
     inst = r.get("instrumentation") or {}
+    soak = (r.get("soak") or {}).get("redis_used_memory_mb", {})
     return {
         "single_vs_reference": ratio(
             r["ingest_single"]["requests_per_s"], ref.get("requests_per_s")
@@ -90,6 +91,9 @@ def ratios(r: dict) -> dict[str, float | None]:
         ),
         "two_workers_vs_one": ratio(
             r["drain_2_worker_events_per_s"], r["drain_1_worker_events_per_s"]
+        ),
+        "soak_memory_last_vs_first_minute": ratio(
+            soak.get("last_minute_max"), soak.get("first_minute_max")
         ),
     }
 
@@ -125,6 +129,13 @@ def table(r: dict) -> str:
             "drain, 1 worker / 2 workers (events/s)",
             f"{r['drain_1_worker_events_per_s']:,.0f} / {r['drain_2_worker_events_per_s']:,.0f}",
         ),
+        *(
+            (
+                f"CPU per event drained, {n} worker{'s' * (n > 1)} (us)",
+                ", ".join(f"{k} {v}" for k, v in r[f"drain_{n}_worker_cpu_us_per_event"].items()),
+            )
+            for n in (1, 2)
+        ),
         (
             f"freshness at {r['freshness_at_events_per_s']:,} events/s (p50/p95 s)",
             f"{r['freshness_s']['p50']} / {r['freshness_s']['p95']}",
@@ -136,12 +147,12 @@ def table(r: dict) -> str:
         ("RSS MB", ", ".join(f"{k} {v}" for k, v in r["rss_mb"].items())),
     ]
     if r.get("soak"):
-        s = r["soak"]
+        s, m = r["soak"], r["soak"]["redis_used_memory_mb"]
         rows.append(
             (
                 f"soak {s['seconds']} s at {s['events_per_s']:,} events/s",
-                f"Redis MB first/max/last {s['redis_used_memory_mb']['first']}/"
-                f"{s['redis_used_memory_mb']['max']}/{s['redis_used_memory_mb']['last']}, "
+                f"Redis MB peak first/last minute {m['first_minute_max']}/"
+                f"{m['last_minute_max']}, max {m['max']}, "
                 f"stream max {s['stream_length']['max']:,}",
             )
         )

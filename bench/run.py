@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -37,8 +38,8 @@ import redis
 
 from bench import load
 from bench.report import check_smoke, freshness, median, ratios, summarize, table
-from queueflow.core.events import encode_event, new_event_ids
-from queueflow.core.store import SAVE_BATCH
+from queueflow.core.events import encode_event
+from queueflow.core.store import SAVE_BATCH, stored_event
 from queueflow.embedded import embedded_servers, free_port
 
 HERE = Path(__file__).resolve().parent
@@ -48,12 +49,12 @@ TABLES = "events, daily_site_stats, daily_site_path_counts, daily_site_users"
 
 class Bench:
     def __init__(
-        self, args: argparse.Namespace, redis_url: str, database_url: str, valkey_pid: int
+        self, args: argparse.Namespace, redis_url: str, database_url: str, pids: tuple[int, int]
     ) -> None:
         self.args = args
         self.redis_url, self.database_url = redis_url, database_url
         self.redis = redis.from_url(redis_url)
-        self.valkey = psutil.Process(valkey_pid)
+        self.valkey, self.postgres = (psutil.Process(pid) for pid in pids)
         self.env = {
             **os.environ,
             "REDIS_URL": redis_url,
@@ -252,30 +253,52 @@ class Bench:
     # -- (c) drain ---------------------------------------------------------------------
     def drain(self) -> None:
         for workers in (1, 2):
-            rates = []
+            runs = []
             for _ in range(self.args.runs):
                 self.reset()
                 load.preload(self.redis_url, STREAM, self.args.backlog)
-                rates.append(self.drain_once(workers))
-            self.results[f"drain_{workers}_worker_events_per_s"] = median(rates)
+                runs.append(self.drain_once(workers))
+            self.results[f"drain_{workers}_worker_events_per_s"] = median([r for r, _ in runs])
+            self.results[f"drain_{workers}_worker_cpu_us_per_event"] = {
+                name: median([cpu[name] for _, cpu in runs]) for name in runs[0][1]
+            }
         self.reset()
 
-    def drain_once(self, workers: int) -> float:
+    def drain_once(self, workers: int) -> tuple[float, dict[str, float]]:
+        """Events/s over the window in which all the workers run (what was drained while the
+        later ones started is not counted), and the CPU time each side spent per event."""
         with contextlib.ExitStack() as stack:
             procs = [
-                stack.enter_context(self.service("worker", QUEUEFLOW_CONSUMER=f"w{i}"))
+                stack.enter_context(self.service("worker", QUEUEFLOW_CONSUMER=f"w{i}"))[1]
                 for i in range(workers)
             ]
+            sides = {"workers": lambda: sum(map(cpu_seconds, procs)), **self.server_cpu()}
+            remaining = self.backlog()
+            before = {name: cpu() for name, cpu in sides.items()}
             started = time.monotonic()
-            while not self.drained():
+            while self.backlog():
                 time.sleep(0.02)
             elapsed = time.monotonic() - started
-            self.results["rss_mb"]["worker"] = rss_mb(procs[0][1])
-        return self.args.backlog / elapsed
+            spent = {
+                name: round(1e6 * (cpu() - before[name]) / remaining, 1)
+                for name, cpu in sides.items()
+            }
+            self.results["rss_mb"]["worker"] = rss_mb(procs[0])
+        return remaining / elapsed, spent
 
-    def drained(self) -> bool:
+    def server_cpu(self) -> dict[str, Callable[[], float]]:
+        """CPU seconds so far of Valkey and of PostgreSQL (all its processes alive now)."""
+        return {
+            "postgres": lambda: sum(map(cpu_seconds, [self.postgres, *self.postgres.children()])),
+            "valkey": lambda: cpu_seconds(self.valkey),
+        }
+
+    def backlog(self) -> int:
+        """Entries the group has not finished: undelivered plus pending."""
         groups = self.redis.xinfo_groups(STREAM)
-        return bool(groups) and groups[0]["lag"] == 0 and groups[0]["pending"] == 0
+        if not groups:
+            return self.redis.xlen(STREAM)
+        return groups[0]["lag"] + groups[0]["pending"]
 
     # -- (d) freshness, (e) soak ---------------------------------------------------------
     def freshness_and_soak(self) -> None:
@@ -297,28 +320,38 @@ class Bench:
             self.soak(rate)
 
     def soak(self, rate: float) -> None:
+        """Ingest and two workers at `rate` for --soak seconds, Redis memory and stream length
+        sampled every second. Workers trim every 5 s, so memory saws up and down within
+        seconds; it is flat when the last minute's peak is no higher than the first minute's."""
         self.reset()
-        samples = []
+        samples: list[tuple[float, int]] = []
         with (
             self.service("ingest") as (ingest_url, _),
             self.service("worker", QUEUEFLOW_CONSUMER="soak-a"),
             self.service("worker", QUEUEFLOW_CONSUMER="soak-b"),
+            ThreadPoolExecutor(1) as pool,
         ):
-            deadline = time.monotonic() + self.args.soak
-            while time.monotonic() < deadline:
-                load.steady(f"{ingest_url}/events", rate, 5)
-                samples.append((self.redis.info("memory")["used_memory"], self.redis.xlen(STREAM)))
-        memory = [m / 2**20 for m, _ in samples]
+            loading = pool.submit(load.steady, f"{ingest_url}/events", rate, self.args.soak)
+            while not loading.done():
+                memory_mb = self.redis.info("memory")["used_memory"] / 2**20
+                samples.append((memory_mb, self.redis.xlen(STREAM)))
+                time.sleep(1)
+            loading.result()
+        memory = [m for m, _ in samples]
+        minute = min(60, len(memory) // 2)
         self.results["soak"] = {
             "seconds": self.args.soak,
             "events_per_s": round(rate),
             "redis_used_memory_mb": {
-                "first": round(memory[0], 1),
+                "first_minute_max": round(max(memory[:minute]), 1),
+                "last_minute_max": round(max(memory[-minute:]), 1),
                 "max": round(max(memory), 1),
                 "last": round(memory[-1], 1),
             },
             "stream_length": {"max": max(n for _, n in samples), "last": samples[-1][1]},
-            "redis_used_memory_mb_every_5s": [round(m, 1) for m in memory],
+            "redis_used_memory_mb_max_per_5s": [
+                round(max(memory[i : i + 5]), 1) for i in range(0, len(memory), 5)
+            ],
         }
 
     def server_memory(self, valkey_pid: int, postgres_pid: int) -> None:
@@ -381,7 +414,10 @@ def wait_port(port: int, timeout_s: float = 20) -> None:
 
 
 def cpu_seconds(proc: psutil.Process) -> float:
-    times = proc.cpu_times()
+    try:
+        times = proc.cpu_times()
+    except psutil.NoSuchProcess:  # a PostgreSQL child that exited while being counted
+        return 0.0
     return times.user + times.system
 
 
@@ -417,21 +453,19 @@ def redis_benchmark(tool: str, port: str, payload: bytes, depth: int) -> float:
 
 
 async def sql_rate(database_url: str, seconds: float) -> float:
-    """The worker's own statement, 500-row batches built beforehand: PostgreSQL's share."""
-    events = load.events(40_000)
-    ids = new_event_ids(len(events))
-    now = datetime.now(UTC)
-    rows = [
-        (ids[i], e.site_id, e.event_type, e.path, e.user_id, e.timestamp, now, None, None)
-        for i, e in enumerate(events)
+    """The worker's own statement, 500-event batches (its default batch size) built
+    beforehand: PostgreSQL's share, with no stream, decoding or encoding around it."""
+    received_ms = int(time.time() * 1000)
+    events = [stored_event(encode_event(e), received_ms) for e in load.events(150_000)]
+    documents = [
+        (b"[%b]" % b",".join(events[i : i + 500])).decode() for i in range(0, len(events), 500)
     ]
-    batches = [list(zip(*rows[i : i + 500], strict=True)) for i in range(0, len(rows), 500)]
     conn = await asyncpg.connect(database_url)
     try:
         done, started = 0, time.monotonic()
-        for columns in batches:
-            await conn.fetchval(SAVE_BATCH, *columns)
-            done += len(columns[0])
+        for document in documents:
+            await conn.fetchval(SAVE_BATCH, document)
+            done += 500
             if time.monotonic() - started > seconds:
                 break
         return done / (time.monotonic() - started)
@@ -460,7 +494,7 @@ def main() -> int:
             check=True,
             env={**os.environ, "DATABASE_URL": postgres.url, "QUEUEFLOW_LOG_LEVEL": "warning"},
         )
-        bench = Bench(args, valkey.url, postgres.url, valkey.process.pid)
+        bench = Bench(args, valkey.url, postgres.url, (valkey.process.pid, postgres.process.pid))
         steps: list[Callable[[], None]] = [
             bench.xadd_limits,
             bench.sql_limit,

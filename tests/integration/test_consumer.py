@@ -8,7 +8,8 @@ import asyncio
 import redis.asyncio as redis
 
 from queueflow.core.config import Settings
-from queueflow.core.stream import EVENT_FIELD
+from queueflow.core.store import EventStore, create_pool
+from queueflow.core.stream import EVENT_FIELD, EventStream, connect
 from queueflow.worker.consumer import Consumer
 from tests.helpers import group_state, payload, running, until
 
@@ -121,3 +122,21 @@ async def test_a_stream_lost_by_redis_is_recreated_and_consumption_goes_on(
         await asyncio.sleep(0.3)
         await stream.add([payload(event_id="after")])
         await until(lambda: db.fetchval("SELECT count(*) = 2 FROM events"))
+
+
+async def test_a_redis_url_asking_for_resp3_works_end_to_end(settings, db, redis_client) -> None:
+    # Appends, reads and acks parse their own replies, whose shapes differ under RESP3.
+    resp3 = settings.model_copy(update={"redis_url": f"{settings.redis_dsn()}?protocol=3"})
+    client = connect(resp3.redis_dsn(), timeout_s=5)
+    pool = await create_pool(settings.database_dsn(), max_size=2)
+    try:
+        stream = EventStream(client, resp3)
+        await stream.add([payload(event_id="r3-a")])  # one event: a plain XADD; then a script
+        await stream.add([payload(event_id=f"r3-{i}") for i in range(3)])
+        async with running(Consumer(stream, EventStore(pool), resp3)):
+            await until(lambda: _zero_pending(redis_client, settings))
+        assert await db.fetchval("SELECT count(*) FROM events") == 4
+        assert str((await client.client_info())["resp"]) == "3"
+    finally:
+        await pool.close()
+        await client.aclose()

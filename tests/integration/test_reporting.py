@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -9,7 +10,8 @@ import httpx
 import pytest
 
 from queueflow.core.config import Settings
-from queueflow.core.store import EventRow, EventStore, create_pool
+from queueflow.core.events import Event, encode_event
+from queueflow.core.store import EventStore, create_pool, stored_event
 from queueflow.reporting.app import create_app
 from tests.helpers import serve
 
@@ -24,7 +26,10 @@ async def seed(database_url: str, rows: list[tuple[str, str, str, str, datetime]
     pool = await create_pool(database_url, max_size=1)
     await EventStore(pool).save_batch(
         [
-            EventRow(f"e{i}", site, kind, path, user, ts, datetime.now(UTC), None, None)
+            stored_event(
+                encode_event(Event(site, kind, path, user, ts, event_id=f"e{i}")),
+                int(time.time() * 1000),
+            )
             for i, (site, kind, path, user, ts) in enumerate(rows)
         ]
     )

@@ -4,14 +4,16 @@ whatever the batching, the duplicates and the concurrency."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta, timezone
 
 import asyncpg
 import pytest
 
-from queueflow.core.store import EventRow, EventStore, create_pool
+from queueflow.core.store import EventStore, create_pool, stored_event
 from tests.helpers import expected_stats
 
 DAY0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -48,18 +50,10 @@ def random_events(rng: random.Random, n: int) -> list[dict]:
     return events
 
 
-def to_row(e: dict) -> EventRow:
-    return EventRow(
-        event_id=e["event_id"],
-        site_id=e["site_id"],
-        event_type=e["event_type"],
-        path=e["path"],
-        user_id=e["user_id"],
-        occurred_at=datetime.fromisoformat(e["timestamp"]),
-        received_at=datetime.now(UTC),
-        referrer=None,
-        properties=None,
-    )
+def to_row(e: dict) -> bytes:
+    # Client JSON as is, offsets included: the statement's own reading of timestamps is tested
+    # here (the worker hands it events normalised to UTC).
+    return stored_event(json.dumps(e).encode(), int(time.time() * 1000))
 
 
 async def stored_stats(store: EventStore, keys) -> dict:
@@ -87,7 +81,7 @@ async def test_fold_equals_a_naive_recount(store: EventStore, seed: int) -> None
     batches.append(batches[rng.randrange(len(batches))])
     lanes = [batches[0::2], batches[1::2]]
 
-    async def lane(work: list[list[EventRow]]) -> int:
+    async def lane(work: list[list[bytes]]) -> int:
         return sum([await store.save_batch(b) for b in work])
 
     inserted = sum(await asyncio.gather(*(lane(w) for w in lanes)))
@@ -96,22 +90,45 @@ async def test_fold_equals_a_naive_recount(store: EventStore, seed: int) -> None
     assert await stored_stats(store, expected) == expected
 
 
-async def test_a_batch_is_atomic(store: EventStore, db: asyncpg.Connection) -> None:
-    good = to_row(
-        {
-            "event_id": "ok",
-            "site_id": "s",
-            "event_type": "page_view",
-            "path": "/",
-            "user_id": "u",
-            "timestamp": DAY0.isoformat(),
-        }
-    )
-    bad = good._replace(event_id="bad", properties="{not json")
-    with pytest.raises(asyncpg.DataError):
-        await store.save_batch([good, bad])
+@pytest.mark.parametrize(
+    "bad", [{"user_id": "nul\u0000"}, {"timestamp": "yesterday-ish"}, {"event_id": None}]
+)
+async def test_a_batch_is_atomic(store: EventStore, db: asyncpg.Connection, bad: dict) -> None:
+    good = {
+        "event_id": "ok",
+        "site_id": "s",
+        "event_type": "page_view",
+        "path": "/",
+        "user_id": "u",
+        "timestamp": DAY0.isoformat(),
+        "properties": {"plan": "pro", "n": 3},
+    }
+    # SQLSTATE classes 22 and 23: what the worker isolates and dead-letters.
+    refused = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+    with pytest.raises(refused):
+        await store.save_batch([to_row(good), to_row({**good, "event_id": "bad", **bad})])
     assert await db.fetchval("SELECT count(*) FROM events") == 0
     assert await db.fetchval("SELECT count(*) FROM daily_site_stats") == 0
+
+
+async def test_a_raw_row_holds_the_event_exactly(store: EventStore, db: asyncpg.Connection) -> None:
+    event = {
+        "event_id": "exact",
+        "site_id": "s",
+        "event_type": "signup",
+        "path": "/ü?q=1",
+        "user_id": "u",
+        "timestamp": "2026-03-01T23:30:00.123456-08:00",
+        "referrer": "https://example.com/",
+        "properties": {"plan": "pro", "seats": 3, "trial": False, "ratio": 0.5, "none": None},
+    }
+    await store.save_batch([stored_event(json.dumps(event).encode(), 1_772_409_600_007)])
+    row = await db.fetchrow("SELECT * FROM events")
+    assert row["occurred_at"] == datetime(2026, 3, 2, 7, 30, 0, 123456, tzinfo=UTC)
+    assert row["date"] == date(2026, 3, 2)  # the UTC day, not the client's
+    assert row["received_at"] == datetime(2026, 3, 2, 0, 0, 0, 7000, tzinfo=UTC)
+    assert json.loads(row["properties"]) == event["properties"]
+    assert (row["path"], row["referrer"]) == ("/ü?q=1", event["referrer"])
 
 
 async def test_an_unknown_site_or_day_is_zeros(store: EventStore) -> None:

@@ -104,7 +104,8 @@ def _problems(
 
 def _may_hold_controls(body: bytes) -> bool:
     # Three memchr-speed scans settle nearly every body; the regex runs only when needed.
-    if b"\\" not in body and b"\x7f" not in body and b"\xc2" not in body:
+    # (find, not `in`, which costs twice as much on bytes.)
+    if body.find(b"\\") < 0 and body.find(b"\x7f") < 0 and body.find(b"\xc2") < 0:
         return False
     return _MAYBE_CONTROL.search(body) is not None
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import partial
 
 import msgspec
@@ -22,9 +21,9 @@ from opentelemetry.trace import Span, SpanKind
 from queueflow.core import observability as obs
 from queueflow.core import tracing
 from queueflow.core.config import Settings
-from queueflow.core.events import Event, decode_entry
+from queueflow.core.events import decode_entry, encode_event
 from queueflow.core.migrations import apply_migrations
-from queueflow.core.store import EventRow, EventStore
+from queueflow.core.store import EventStore, stored_event
 from queueflow.core.stream import EVENT_FIELD, TRACEPARENT_FIELD, Entry, EventStream
 from queueflow.worker.housekeeping import Housekeeping
 from queueflow.worker.reclaim import Reclaimer
@@ -32,15 +31,14 @@ from queueflow.worker.retry import DataRejected, Retrying, Stopping
 
 log = structlog.get_logger(__name__)
 
-_encode_json = msgspec.json.Encoder().encode
-
 
 @dataclass(slots=True)
 class Batch:
     """Entries read together: the rows to store and what redelivery told about them."""
 
     entries: list[Entry]
-    rows: list[tuple[Entry, EventRow]]
+    rows: list[tuple[Entry, bytes]]  # each entry to store and its stored_event()
+    received_ms: list[int]  # of each row, for freshness
     deliveries: dict[bytes, int]
     started: float
     span: Span  # linked to each producer's span; INVALID_SPAN when tracing is off
@@ -125,7 +123,7 @@ class Consumer:
 
     async def prepare(self, entries: list[Entry], *, redelivered: bool = False) -> Batch:
         """Decode entries into rows; dead-letter what cannot be stored, whatever the database."""
-        batch = Batch(entries, [], {}, time.perf_counter(), self._batch_span(entries))
+        batch = Batch(entries, [], [], {}, time.perf_counter(), self._batch_span(entries))
         obs.WORKER_BATCH_SIZE.observe(len(entries))
         if redelivered:
             counts = partial(self.stream.delivery_counts, self.name, entries)
@@ -143,9 +141,14 @@ class Consumer:
                 await self._dead_letter(entry, "undecodable", reason, delivered)
             else:
                 try:
-                    batch.rows.append((entry, _row(decode_entry(payload), entry)))
+                    event = decode_entry(payload)
                 except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                     await self._dead_letter(entry, "undecodable", f"undecodable: {exc}", delivered)
+                    continue
+                # Re-encoded: PostgreSQL parses exactly what was validated, in normal form.
+                received_ms = entry.received_ms
+                batch.rows.append((entry, stored_event(encode_event(event), received_ms)))
+                batch.received_ms.append(received_ms)
         return batch
 
     async def commit(self, batch: Batch) -> int:
@@ -153,8 +156,8 @@ class Consumer:
         with trace.use_span(batch.span, end_on_exit=True):
             inserted = await self._save(batch.rows, batch.deliveries)
             committed_ms = time.time() * 1000
-            for entry, _ in batch.rows:
-                obs.EVENT_FRESHNESS.observe((committed_ms - entry.received_ms) / 1000)
+            for received_ms in batch.received_ms:
+                obs.EVENT_FRESHNESS.observe((committed_ms - received_ms) / 1000)
             obs.WORKER_PROCESSED.inc(inserted)
             obs.WORKER_DUPLICATES.inc(len(batch.rows) - inserted)
             await self.retry.redis(partial(self.stream.ack, [e.id for e in batch.entries]))
@@ -189,7 +192,7 @@ class Consumer:
             },
         )
 
-    async def _save(self, batch: list[tuple[Entry, EventRow]], deliveries: dict[bytes, int]) -> int:
+    async def _save(self, batch: list[tuple[Entry, bytes]], deliveries: dict[bytes, int]) -> int:
         """Commit the batch; a row PostgreSQL rejects for its data is isolated by halving the
         batch and dead-lettered, so it never holds back the good rows beside it."""
         if not batch:
@@ -215,17 +218,3 @@ class Consumer:
         log.warning("entry dead-lettered", entry_id=entry.id.decode(), reason=reason)
         await self.retry.redis(partial(self.stream.dead_letter, entry, reason, deliveries))
         obs.WORKER_DEAD_LETTERED.labels(kind).inc()
-
-
-def _row(event: Event, entry: Entry) -> EventRow:
-    return EventRow(
-        event_id=event.event_id,
-        site_id=event.site_id,
-        event_type=event.event_type,
-        path=event.path,
-        user_id=event.user_id,
-        occurred_at=event.timestamp,
-        received_at=datetime.fromtimestamp(entry.received_ms / 1000, UTC),
-        referrer=event.referrer,
-        properties=None if event.properties is None else _encode_json(event.properties).decode(),
-    )
