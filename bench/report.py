@@ -136,6 +136,13 @@ def table(r: dict) -> str:
             )
             for n in (1, 2)
         ),
+        *(
+            (
+                f"PostgreSQL backends by state, {n} worker{'s' * (n > 1)} (mean)",
+                ", ".join(f"{k} {v}" for k, v in r[f"drain_{n}_worker_postgres_backends"].items()),
+            )
+            for n in (1, 2)
+        ),
         (
             f"freshness at {r['freshness_at_events_per_s']:,} events/s (p50/p95 s)",
             f"{r['freshness_s']['p50']} / {r['freshness_s']['p95']}",

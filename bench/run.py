@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import http.server
 import json
@@ -138,10 +139,17 @@ class Bench:
         self.results["xadd_tool"] = Path(tool).name if tool else "python raw socket (1 conn)"
 
     def sql_limit(self) -> None:
+        """The worker's own statement, 500-event batches (its default batch size) built
+        beforehand: PostgreSQL's share, with no stream, decoding or encoding around it."""
+        received_ms = int(time.time() * 1000)
+        events = [stored_event(encode_event(e), received_ms) for e in load.events(150_000)]
+        documents = [
+            (b"[%b]" % b",".join(events[i : i + 500])).decode() for i in range(0, len(events), 500)
+        ]
         rates = []
         for _ in range(self.args.runs):
             self.reset()
-            rates.append(asyncio.run(sql_rate(self.database_url, seconds=self.args.duration)))
+            rates.append(asyncio.run(sql_rate(self.database_url, documents, self.args.duration)))
         self.reset()
         self.results["batch_sql_events_per_s"] = median(rates)
 
@@ -258,15 +266,20 @@ class Bench:
                 self.reset()
                 load.preload(self.redis_url, STREAM, self.args.backlog)
                 runs.append(self.drain_once(workers))
-            self.results[f"drain_{workers}_worker_events_per_s"] = median([r for r, _ in runs])
+            self.results[f"drain_{workers}_worker_events_per_s"] = median([r for r, _, _ in runs])
             self.results[f"drain_{workers}_worker_cpu_us_per_event"] = {
-                name: median([cpu[name] for _, cpu in runs]) for name in runs[0][1]
+                name: median([cpu[name] for _, cpu, _ in runs]) for name in runs[0][1]
+            }
+            self.results[f"drain_{workers}_worker_postgres_backends"] = {
+                state: median([states.get(state, 0) for _, _, states in runs])
+                for state in {state for _, _, states in runs for state in states}
             }
         self.reset()
 
-    def drain_once(self, workers: int) -> tuple[float, dict[str, float]]:
+    def drain_once(self, workers: int) -> tuple[float, dict[str, float], dict[str, float]]:
         """Events/s over the window in which all the workers run (what was drained while the
-        later ones started is not counted), and the CPU time each side spent per event."""
+        later ones started is not counted), the CPU time each side spent per event, and what
+        PostgreSQL's backends were doing meanwhile."""
         with contextlib.ExitStack() as stack:
             procs = [
                 stack.enter_context(self.service("worker", QUEUEFLOW_CONSUMER=f"w{i}"))[1]
@@ -275,16 +288,20 @@ class Bench:
             sides = {"workers": lambda: sum(map(cpu_seconds, procs)), **self.server_cpu()}
             remaining = self.backlog()
             before = {name: cpu() for name, cpu in sides.items()}
-            started = time.monotonic()
-            while self.backlog():
-                time.sleep(0.02)
-            elapsed = time.monotonic() - started
+            started, done = time.monotonic(), threading.Event()
+            with ThreadPoolExecutor(1) as pool:
+                sampling = pool.submit(backend_states, self.database_url, done)
+                while self.backlog():
+                    time.sleep(0.02)
+                elapsed = time.monotonic() - started
+                done.set()
+                states = sampling.result()
             spent = {
                 name: round(1e6 * (cpu() - before[name]) / remaining, 1)
                 for name, cpu in sides.items()
             }
             self.results["rss_mb"]["worker"] = rss_mb(procs[0])
-        return remaining / elapsed, spent
+        return remaining / elapsed, spent, states
 
     def server_cpu(self) -> dict[str, Callable[[], float]]:
         """CPU seconds so far of Valkey and of PostgreSQL (all its processes alive now)."""
@@ -413,6 +430,36 @@ def wait_port(port: int, timeout_s: float = 20) -> None:
     raise TimeoutError(port)
 
 
+# What each PostgreSQL client backend is doing, in a word: running on (or waiting for) a core,
+# idle while its worker prepares the next batch, or waiting for a lock, for I/O, ...
+BACKEND_STATE = """
+SELECT CASE WHEN state LIKE 'idle%' THEN 'idle' WHEN wait_event_type IS NULL THEN 'running'
+            ELSE lower(wait_event_type) END
+FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
+"""
+
+
+def backend_states(database_url: str, done: threading.Event) -> dict[str, float]:
+    """How many of PostgreSQL's client backends were in each state on average (sampled every
+    10 ms until `done`): whether workers wait on each other (lock) or on the machine."""
+
+    async def sample() -> tuple[collections.Counter[str], int]:
+        counts: collections.Counter[str] = collections.Counter()
+        rounds = 0
+        conn = await asyncpg.connect(database_url)
+        try:
+            while not done.is_set():
+                counts.update(row[0] for row in await conn.fetch(BACKEND_STATE))
+                rounds += 1
+                await asyncio.sleep(0.01)
+        finally:
+            await conn.close()
+        return counts, rounds
+
+    counts, rounds = asyncio.run(sample())
+    return {state: round(n / max(rounds, 1), 2) for state, n in counts.most_common()}
+
+
 def cpu_seconds(proc: psutil.Process) -> float:
     try:
         times = proc.cpu_times()
@@ -452,14 +499,8 @@ def redis_benchmark(tool: str, port: str, payload: bytes, depth: int) -> float:
     return float(out.rsplit(":", 1)[1].split("requests per second")[0].split()[-1])
 
 
-async def sql_rate(database_url: str, seconds: float) -> float:
-    """The worker's own statement, 500-event batches (its default batch size) built
-    beforehand: PostgreSQL's share, with no stream, decoding or encoding around it."""
-    received_ms = int(time.time() * 1000)
-    events = [stored_event(encode_event(e), received_ms) for e in load.events(150_000)]
-    documents = [
-        (b"[%b]" % b",".join(events[i : i + 500])).decode() for i in range(0, len(events), 500)
-    ]
+async def sql_rate(database_url: str, documents: list[str], seconds: float) -> float:
+    """Events/s of SAVE_BATCH on one connection, one 500-event document after another."""
     conn = await asyncpg.connect(database_url)
     try:
         done, started = 0, time.monotonic()
