@@ -158,8 +158,8 @@ def table(r: dict) -> str:
         rows.append(
             (
                 f"soak {s['seconds']} s at {s['events_per_s']:,} events/s",
-                f"Redis MB peak first/last minute {m['first_minute_max']}/"
-                f"{m['last_minute_max']}, max {m['max']}, "
+                f"Redis MB first/last minute: peak {m['first_minute_max']}/"
+                f"{m['last_minute_max']}, floor {m['first_minute_min']}/{m['last_minute_min']}; "
                 f"stream max {s['stream_length']['max']:,}",
             )
         )

@@ -338,8 +338,8 @@ class Bench:
 
     def soak(self, rate: float) -> None:
         """Ingest and two workers at `rate` for --soak seconds, Redis memory and stream length
-        sampled every second. Workers trim every 5 s, so memory saws up and down within
-        seconds; it is flat when the last minute's peak is no higher than the first minute's."""
+        sampled every second. Workers trim every second, so memory saws up and down; it is
+        flat when the last minute's peak and floor match the first minute's."""
         self.reset()
         samples: list[tuple[float, int]] = []
         with (
@@ -362,6 +362,8 @@ class Bench:
             "redis_used_memory_mb": {
                 "first_minute_max": round(max(memory[:minute]), 1),
                 "last_minute_max": round(max(memory[-minute:]), 1),
+                "first_minute_min": round(min(memory[:minute]), 1),
+                "last_minute_min": round(min(memory[-minute:]), 1),
                 "max": round(max(memory), 1),
                 "last": round(memory[-1], 1),
             },

@@ -32,7 +32,9 @@ class Settings(BaseSettings):
     block_ms: int = Field(1000, ge=1, le=60_000)
     claim_idle_ms: int = Field(30_000, ge=100)
     reclaim_interval_ms: int = Field(5_000, ge=50)  # how often a reclaim pass starts
-    trim_interval_ms: int = Field(5_000, ge=50)  # how often processed entries are trimmed
+    # How often processed entries are trimmed: Redis holds about this long of events beyond
+    # the unprocessed ones (5 s at 100,000 events/s would be 100 MB).
+    trim_interval_ms: int = Field(1_000, ge=50)
     consumer_idle_delete_ms: int = Field(3_600_000, ge=1_000)  # then an empty consumer goes
     max_deliveries: int = Field(5, ge=1)
     backlog_limit: int = Field(1_000_000, ge=1)
