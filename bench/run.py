@@ -40,7 +40,7 @@ import redis
 from bench import load
 from bench.report import check_smoke, freshness, median, ratios, summarize, table
 from queueflow.core.events import encode_event
-from queueflow.core.store import SAVE_BATCH, stored_event
+from queueflow.core.store import SAVE_BATCH, batch_document, stored_event
 from queueflow.embedded import embedded_servers, free_port
 
 HERE = Path(__file__).resolve().parent
@@ -143,9 +143,7 @@ class Bench:
         beforehand: PostgreSQL's share, with no stream, decoding or encoding around it."""
         received_ms = int(time.time() * 1000)
         events = [stored_event(encode_event(e), received_ms) for e in load.events(150_000)]
-        documents = [
-            (b"[%b]" % b",".join(events[i : i + 500])).decode() for i in range(0, len(events), 500)
-        ]
+        documents = [batch_document(events[i : i + 500]) for i in range(0, len(events), 500)]
         rates = []
         for _ in range(self.args.runs):
             self.reset()
@@ -373,11 +371,10 @@ class Bench:
             ],
         }
 
-    def server_memory(self, valkey_pid: int, postgres_pid: int) -> None:
-        self.results["rss_mb"]["valkey"] = rss_mb(psutil.Process(valkey_pid))
-        postgres = psutil.Process(postgres_pid)
+    def server_memory(self) -> None:
+        self.results["rss_mb"]["valkey"] = rss_mb(self.valkey)
         self.results["rss_mb"]["postgres_total"] = round(
-            sum(rss_mb(p) for p in [postgres, *postgres.children()]), 1
+            sum(rss_mb(p) for p in [self.postgres, *self.postgres.children()]), 1
         )
         self.results["redis_used_memory_mb"] = round(
             self.redis.info("memory")["used_memory"] / 2**20, 1
@@ -481,7 +478,7 @@ def redis_benchmark(tool: str, port: str, payload: bytes, depth: int) -> float:
             "-p",
             port,
             "-n",
-            "200000",
+            "100000",
             "-c",
             "50",
             "-P",
@@ -554,7 +551,7 @@ def main() -> int:
         for step in steps:
             print(f"[bench] {step.__name__} ...", flush=True)
             step()
-        bench.server_memory(valkey.process.pid, postgres.process.pid)
+        bench.server_memory()
         results = bench.results
     results["ratios"] = ratios(results)
     results["machine"] = {

@@ -147,6 +147,11 @@ def stored_event(event_json: bytes, received_ms: int) -> bytes:
     return b'{"received_ms":%d,%b' % (received_ms, event_json[1:])
 
 
+def batch_document(events: Sequence[bytes]) -> str:
+    """SAVE_BATCH's parameter: the batch's stored_event()s as one JSON array."""
+    return (b"[%b]" % b",".join(events)).decode()
+
+
 @dataclass(frozen=True, slots=True)
 class Audit:
     site_days: int  # site-days that have raw events in the range
@@ -214,9 +219,8 @@ class EventStore:
     async def save_batch(self, events: Sequence[bytes]) -> int:
         """Store a batch of stored_event()s atomically; returns how many were new (the rest
         were duplicates)."""
-        document = b"[%b]" % b",".join(events)
         async with self._connection("INSERT", "events") as conn:
-            return await conn.fetchval(SAVE_BATCH, document.decode())
+            return await conn.fetchval(SAVE_BATCH, batch_document(events))
 
     async def daily_stats(self, site_id: str, day: date, limit: int) -> DailyStats:
         async with self._connection("SELECT", "daily_site_stats") as conn:
