@@ -13,8 +13,10 @@ from urllib.parse import quote
 import httpx
 import pytest
 import redis.asyncio as redis
+from redis._parsers import _AsyncRESP2Parser
 
 from queueflow.core.config import Settings
+from queueflow.core.errors import StreamUnavailable
 from queueflow.core.events import decode_entry
 from queueflow.core.stream import EVENT_FIELD, EventStream
 from queueflow.embedded import free_port
@@ -90,11 +92,35 @@ async def test_concurrent_requests_share_round_trips_and_each_lands_once(
         assert users[first : first + 10] == [f"b{i}-{j}" for j in range(10)]
 
 
-async def test_a_flushed_script_cache_is_reloaded(client, redis_client, settings) -> None:
+async def test_a_batch_redis_refuses_is_503_and_the_next_one_lands(
+    client, redis_client, settings
+) -> None:
+    await redis_client.set(settings.stream, "not a stream")  # every XADD fails inside EXEC
+    response = await client.post("/events", json=[event(), event()])
+    assert response.status_code == 503 and response.headers["retry-after"] == "1"
+    assert await redis_client.get(settings.stream) == b"not a stream"
+    await redis_client.delete(settings.stream)
     assert (await client.post("/events", json=[event(), event()])).status_code == 202
-    await redis_client.script_flush()  # as after a Redis restart without persistence
-    assert (await client.post("/events", json=[event(), event()])).status_code == 202
-    assert await redis_client.xlen(settings.stream) == 4
+    assert await redis_client.xlen(settings.stream) == 2
+
+
+async def test_appends_without_the_hiredis_parser(settings, redis_client) -> None:
+    # The transaction's replies are read from hiredis's reader when there is one; redis-py's
+    # pure-Python parser takes the slower, public path.
+    client = redis.from_url(settings.redis_dsn(), parser_class=_AsyncRESP2Parser)
+    try:
+        stream = EventStream(client, settings)
+        await asyncio.gather(stream.add([b'{"n":1}', b'{"n":2}']), stream.add([b'{"n":3}']))
+        name = f"{settings.stream}:taken"
+        await redis_client.set(name, "x")
+        taken = EventStream(client, settings.model_copy(update={"stream": name}))
+        with pytest.raises(StreamUnavailable):
+            await taken.add([b"{}", b"{}"])
+    finally:
+        await client.aclose()
+        await redis_client.delete(f"{settings.stream}:taken")
+    entries = await redis_client.xrange(settings.stream)
+    assert [f[EVENT_FIELD] for _, f in entries] == [b'{"n":1}', b'{"n":2}', b'{"n":3}']
 
 
 async def test_the_urls_credentials_and_database_apply_to_appends(settings, redis_client) -> None:
