@@ -92,8 +92,9 @@ def ratios(r: dict) -> dict[str, float | None]:
         "two_workers_vs_one": ratio(
             r["drain_2_worker_events_per_s"], r["drain_1_worker_events_per_s"]
         ),
-        "soak_memory_last_vs_first_minute": ratio(
-            soak.get("last_minute_max"), soak.get("first_minute_max")
+        # The floor (what trimming leaves) is where a leak would show; peaks follow momentary lag.
+        "soak_memory_floor_last_vs_first_minute": ratio(
+            soak.get("last_minute_min"), soak.get("first_minute_min")
         ),
     }
 
