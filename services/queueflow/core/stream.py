@@ -201,36 +201,36 @@ class EventStream:
     async def _transaction(self, commands: list[bytes]) -> None:
         """MULTI, the commands and EXEC in one round trip: all of them apply or none do.
         Redis, the one part every ingest pod shares, spends a quarter less per XADD than
-        inside a Lua script. It answers every command (OK, one QUEUED each, then EXEC's
-        array); read through redis-py each reply would cost ingest more than the XADD costs
-        Redis, so they are taken from the connection's hiredis reader (bench/README.md)."""
-        pool = self.client.connection_pool
-        conn = await pool.get_connection()
-        try:
-            await conn.send_packed_command([_MULTI, *commands, _EXEC], check_health=False)
-            timeout = asyncio.timeout(conn.socket_timeout) if conn.socket_timeout else None
-            async with timeout or contextlib.nullcontext():
-                replies = await _read_replies(conn, len(commands) + 2)
-        except BaseException:
-            await conn.disconnect(nowait=True)  # out of step mid-reply: never reuse it
-            raise
-        finally:
-            await pool.release(conn)
+        inside a Lua script (bench/README.md)."""
+        replies = await self._exchange([_MULTI, *commands, _EXEC])
         # A command refused while queueing makes EXEC answer EXECABORT: nothing applied.
         result = replies[-1]
         for reply in (result, *(result if isinstance(result, list) else ())):
             if isinstance(reply, Exception):
                 raise reply
 
-    async def _send(self, command: bytes) -> object:
-        """One packed command, one reply. The hot path packs its own commands: redis-py's
-        packing in Python and its per-command bookkeeping cost ingest twice what the rest of
-        the round trip does. The connection drops itself on a failed read or write."""
+    async def _send(self, command: bytes) -> Any:
+        """One command, its reply; an error reply is raised."""
+        (reply,) = await self._exchange([command])
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    async def _exchange(self, commands: list[bytes]) -> list[Any]:
+        """Commands packed here, written at once, one reply each (errors returned). The hot
+        paths pack and read their own: redis-py's packing in Python and its per-reply
+        bookkeeping cost more than Redis spends on an XADD, and a transaction answers every
+        command it queues, so replies are taken from the connection's hiredis reader."""
         pool = self.client.connection_pool
         conn = await pool.get_connection()
         try:
-            await conn.send_packed_command(command, check_health=False)
-            return await conn.read_response()
+            await conn.send_packed_command(commands, check_health=False)
+            timeout = asyncio.timeout(conn.socket_timeout) if conn.socket_timeout else None
+            async with timeout or contextlib.nullcontext():
+                return await _read_replies(conn, len(commands))
+        except BaseException:
+            await conn.disconnect(nowait=True)  # out of step mid-reply: never reuse it
+            raise
         finally:
             await pool.release(conn)
 
