@@ -179,14 +179,10 @@ class Bench:
     def with_cpu(self, ingest: psutil.Process, url: str, kind: str) -> dict:
         """One load run and the CPU time ingest and Valkey spent per event accepted in it:
         what bounds the rate when both share this machine's cores with the load generator."""
-        before = [cpu_seconds(p) for p in (ingest, self.valkey)]
+        clock = CpuClock({"ingest": lambda: cpu_seconds(ingest), "valkey": self.valkey_cpu})
         result = load.http(url, kind, self.args.duration)
-        spent = [cpu_seconds(p) - b for p, b in zip((ingest, self.valkey), before, strict=True)]
         events = result["requests_per_s"] * self.args.duration * (100 if kind == "batch" else 1)
-        result["cpu_us_per_event"] = {
-            name: 1e6 * seconds / events
-            for name, seconds in zip(("ingest", "valkey"), spent, strict=True)
-        }
+        result["cpu_us_per_event"] = clock.per_event(events)
         return result
 
     def two_processes(self, url: str) -> dict:
@@ -286,9 +282,14 @@ class Bench:
                 stack.enter_context(self.service("worker", QUEUEFLOW_CONSUMER=f"w{i}"))[1]
                 for i in range(workers)
             ]
-            sides = {"workers": lambda: sum(map(cpu_seconds, procs)), **self.server_cpu()}
             remaining = self.backlog()
-            before = {name: cpu() for name, cpu in sides.items()}
+            clock = CpuClock(
+                {
+                    "workers": lambda: sum(map(cpu_seconds, procs)),
+                    "postgres": self.postgres_cpu,
+                    "valkey": self.valkey_cpu,
+                }
+            )
             started, done = time.monotonic(), threading.Event()
             with ThreadPoolExecutor(1) as pool:
                 sampling = pool.submit(backend_states, self.database_url, done)
@@ -297,19 +298,16 @@ class Bench:
                 elapsed = time.monotonic() - started
                 done.set()
                 states = sampling.result()
-            spent = {
-                name: round(1e6 * (cpu() - before[name]) / remaining, 1)
-                for name, cpu in sides.items()
-            }
+            spent = clock.per_event(remaining)
             self.results["rss_mb"]["worker"] = rss_mb(procs[0])
         return remaining / elapsed, spent, states
 
-    def server_cpu(self) -> dict[str, Callable[[], float]]:
-        """CPU seconds so far of Valkey and of PostgreSQL (all its processes alive now)."""
-        return {
-            "postgres": lambda: sum(map(cpu_seconds, [self.postgres, *self.postgres.children()])),
-            "valkey": lambda: cpu_seconds(self.valkey),
-        }
+    def postgres_cpu(self) -> float:
+        """CPU seconds so far of PostgreSQL: all its processes alive now."""
+        return sum(map(cpu_seconds, [self.postgres, *self.postgres.children()]))
+
+    def valkey_cpu(self) -> float:
+        return cpu_seconds(self.valkey)
 
     def backlog(self) -> int:
         """Entries the group has not finished: undelivered plus pending."""
@@ -460,6 +458,21 @@ def backend_states(database_url: str, done: threading.Event) -> dict[str, float]
 
     counts, rounds = asyncio.run(sample())
     return {state: round(n / max(rounds, 1), 2) for state, n in counts.most_common()}
+
+
+class CpuClock:
+    """CPU seconds each named side spends from now until per_event() is asked."""
+
+    def __init__(self, sides: dict[str, Callable[[], float]]) -> None:
+        self.sides = sides
+        self.before = {name: cpu() for name, cpu in sides.items()}
+
+    def per_event(self, events: float) -> dict[str, float]:
+        """Microseconds of CPU per event, by side."""
+        return {
+            name: round(1e6 * (cpu() - self.before[name]) / events, 1)
+            for name, cpu in self.sides.items()
+        }
 
 
 def cpu_seconds(proc: psutil.Process) -> float:
