@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from urllib.parse import quote
@@ -21,7 +23,10 @@ from queueflow.core.events import decode_entry
 from queueflow.core.stream import EVENT_FIELD, EventStream
 from queueflow.embedded import free_port
 from queueflow.ingest.app import create_app
-from tests.helpers import event, serve
+from tests.helpers import event, serve, until
+
+JSON = {"content-type": "application/json"}
+UUID7 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
 
 @pytest.fixture
@@ -294,12 +299,17 @@ async def test_redis_unreachable_is_503_with_retry_after_within_2s(settings, kin
         port = await stack.enter_async_context(blackhole()) if kind == "hung" else free_port()
         down = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{port}/0"})
         async with serve(create_app(down)) as client:
-            for path, body in (("/event", event()), ("/events", [event(), event()])):
+            for path, body in (("/event", event()), ("/events", [event(event_id="c-1"), event()])):
                 started = time.monotonic()
                 response = await client.post(path, json=body)
                 assert time.monotonic() - started < 2.0
                 assert response.status_code == 503
                 assert int(response.headers["retry-after"]) >= 1
+                ids = response.json()["event_ids"]
+                assert len(ids) == (1 if path == "/event" else 2)
+                assert all(UUID7.match(i) for i in ids[-1:]) and response.json()["detail"]
+                if path == "/events":
+                    assert ids[0] == "c-1"
             ready = await client.get("/readyz")
             assert ready.status_code == 503 and ready.json()["checks"]["redis"].startswith("unav")
 
@@ -312,11 +322,334 @@ async def test_backlog_over_the_limit_is_503_until_workers_catch_up(settings, re
         await asyncio.sleep(0.2)
         refused = await client.post("/event", json=event())
         assert refused.status_code == 503 and int(refused.headers["retry-after"]) > 0
+        (assigned,) = refused.json()["event_ids"]
+        assert UUID7.match(assigned)
+        refused = await client.post("/events", json=[event(event_id="mine"), event()])
+        assert refused.status_code == 503 and refused.json()["event_ids"][0] == "mine"
+        # Bad input is told so, not to retry it.
+        assert (await client.post("/event", json=event(path="x"))).status_code == 422
+        assert (await client.post("/events", content=b"[{")).status_code == 415
+        bad_json = await client.post("/events", content=b"[{", headers=JSON)
+        assert bad_json.status_code == 400
         assert await redis_client.xlen(settings.stream) == 8
         # A worker catches up: everything delivered and acknowledged.
         await stream.ensure_group()
-        await stream.ack([e.id for e in await stream.read("w", count=100, block_ms=10)])
+        await stream.ack([e.id for e in await stream.read_new("w", count=100, block_ms=10)])
         await asyncio.sleep(0.2)
         assert (await client.post("/event", json=event())).status_code == 202
         metrics = (await client.get("/metrics")).text
         assert 'queueflow_ingest_events_rejected_total{reason="backpressure"}' in metrics
+
+
+@contextlib.asynccontextmanager
+async def slow_replies(redis_url: str) -> AsyncIterator[tuple[int, asyncio.Event]]:
+    """A proxy in front of Redis that forwards commands at once but holds Redis's replies
+    while `replying` is clear: a Redis that runs the command and answers too late."""
+    host, port = redis_url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1].rsplit(":", 1)
+    replying = asyncio.Event()
+    replying.set()
+    tasks: set[asyncio.Task] = set()
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, held: bool):
+        with contextlib.suppress(OSError, asyncio.CancelledError):
+            while data := await reader.read(65536):
+                if held:
+                    await replying.wait()
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(host, int(port))
+        for task in (pipe(reader, up_writer, False), pipe(up_reader, writer, True)):
+            tasks.add(asyncio.create_task(task))
+
+    server = await asyncio.start_server(connect, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1], replying
+    finally:
+        for task in tasks:
+            task.cancel()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_503_after_a_redis_timeout_names_the_ids_that_landed(settings, redis_client):
+    # The command reached Redis and ran; only its reply was late. The 503's ids are the ids
+    # in the stream, so a client that retries with them is counted once.
+    async with slow_replies(settings.redis_dsn()) as (port, replying):
+        proxied = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{port}/0"})
+        async with serve(create_app(proxied)) as client:
+            for path, body in (
+                ("/event", event()),
+                ("/events", [event(event_id="client-1"), event(), event()]),
+            ):
+                replying.set()  # a connection that is up, so the command itself goes out
+                await until(lambda: _accepted(client, [event(event_id="warm")]))
+                replying.clear()
+                started = time.monotonic()
+                response = await client.post(path, json=body)
+                assert response.status_code == 503 and time.monotonic() - started < 2.0
+                assert response.headers["retry-after"]
+                ids = response.json()["event_ids"]
+                stored = [e.event_id for e in await stream_events(redis_client, settings)]
+                assert stored[-len(ids) :] == ids
+            assert ids[0] == "client-1" and len(set(ids)) == 3
+            replying.set()
+            await until(lambda: _accepted(client, [event(event_id=i) for i in ids]))
+    stored = [e.event_id for e in await stream_events(redis_client, settings)]
+    assert stored[-6:] == ids + ids  # the retry: the same ids again, which the worker dedupes
+
+
+async def _accepted(client: httpx.AsyncClient, body: list) -> bool:
+    return (await client.post("/events", json=body)).status_code == 202
+
+
+async def test_a_paused_redis_gets_503s_naming_the_events_ids(settings, redis_client) -> None:
+    async with serve(create_app(settings)) as client:
+        assert (await client.post("/event", json=event())).status_code == 202
+        await redis_client.execute_command("CLIENT", "PAUSE", "2500", "WRITE")
+        try:
+            started = time.monotonic()
+            response = await client.post("/events", json=[event(event_id="p-1"), event()])
+            assert response.status_code == 503 and time.monotonic() - started < 2.0
+            ids = response.json()["event_ids"]
+            assert ids[0] == "p-1" and UUID7.match(ids[1])
+        finally:
+            await redis_client.execute_command("CLIENT", "UNPAUSE")
+        await until(lambda: _accepted(client, [event()]))
+    # Whatever of the paused batch landed carries the ids the 503 named.
+    stored = [e.event_id for e in await stream_events(redis_client, settings)]
+    assert set(stored[1:-1]) <= set(ids)
+
+
+# --- Content-Type, Content-Encoding ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        None,
+        "",
+        "application/json; charset=latin-1",
+        'text/plain; charset="iso-8859-1"',
+        "application/json-seq",
+        "multipart/form-data",
+    ],
+)
+async def test_a_missing_or_unsupported_content_type_is_415(
+    client, redis_client, settings, content_type: str | None
+) -> None:
+    headers = {} if content_type is None else {"content-type": content_type}
+    for path, body in (("/event", event()), ("/events", [event()])):
+        request = client.build_request("POST", path, content=json.dumps(body), headers=headers)
+        assert ("content-type" in request.headers) == (content_type is not None)
+        response = await client.send(request)
+        assert response.status_code == 415, (content_type, response.text)
+        assert "application/json" in response.json()["detail"]
+    assert await redis_client.xlen(settings.stream) == 0
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/json",
+        "Application/JSON",
+        "application/json; charset=utf-8",
+        'text/plain;charset="UTF-8"',
+        "text/plain; format=x",
+    ],
+)
+async def test_json_and_text_plain_with_utf8_are_accepted(client, content_type: str) -> None:
+    response = await client.post(
+        "/event", content=json.dumps(event()), headers={"content-type": content_type}
+    )
+    assert response.status_code == 202, response.text
+
+
+async def test_gzip_bodies_are_inflated(client, redis_client, settings) -> None:
+    items = [event(user_id=f"g{i}") for i in range(50)]
+    for path, body in (("/events", items), ("/event", event(user_id="single"))):
+        for coding in ("gzip", "x-gzip", "identity, gzip"):
+            response = await client.post(
+                path,
+                content=gzip.compress(json.dumps(body).encode()),
+                headers={**JSON, "content-encoding": coding},
+            )
+            assert response.status_code == 202, response.text
+    response = await client.post(
+        "/event",
+        content=json.dumps(event()),
+        headers={"content-type": "text/plain", "content-encoding": "identity"},
+    )
+    assert response.status_code == 202
+    assert await redis_client.xlen(settings.stream) == 3 * 51 + 1
+
+
+async def test_gzip_is_inflated_under_the_body_limit(client, redis_client, settings) -> None:
+    limit = settings.max_body_bytes
+    bomb = gzip.compress(b"[" + b" " * (64 * 1024 * 1024) + b"]")  # 64 MiB in ~64 KB
+    assert len(bomb) < limit
+    started = time.monotonic()
+    response = await client.post(
+        "/events", content=bomb, headers={**JSON, "content-encoding": "gzip"}
+    )
+    assert response.status_code == 413 and time.monotonic() - started < 1
+    # Over the limit inflated, though small as sent.
+    big = [event(referrer="r" * 1000)] * 70
+    assert len(json.dumps(big)) > limit
+    response = await client.post(
+        "/events",
+        content=gzip.compress(json.dumps(big).encode()),
+        headers={**JSON, "content-encoding": "gzip"},
+    )
+    assert response.status_code == 413
+    for bad in (b"not gzip", gzip.compress(json.dumps(event()).encode())[:-6], b""):
+        response = await client.post(
+            "/event", content=bad, headers={**JSON, "content-encoding": "gzip"}
+        )
+        assert response.status_code == 400, bad
+    assert await redis_client.xlen(settings.stream) == 0
+
+
+@pytest.mark.parametrize("coding", ["br", "deflate", "compress", "zstd", "gzip, gzip", "bogus"])
+async def test_other_content_encodings_are_415(client, redis_client, settings, coding) -> None:
+    response = await client.post(
+        "/events", content=json.dumps([event()]), headers={**JSON, "content-encoding": coding}
+    )
+    assert response.status_code == 415 and "gzip" in response.json()["detail"]
+    assert await redis_client.xlen(settings.stream) == 0
+
+
+# --- Duplicate keys, malformed and extreme JSON -------------------------------------------------
+
+
+async def test_duplicate_keys_are_422_naming_the_key(client, redis_client, settings) -> None:
+    single = json.dumps(event())[:-1] + ', "path": "/again"}'
+    response = await client.post("/event", content=single, headers=JSON)
+    assert response.status_code == 422
+    assert response.json()["detail"] == [
+        {"type": "value_error", "loc": ["body", "path"], "msg": "duplicate key `path`"}
+    ]
+    prop = json.dumps(event())[:-1] + ', "properties": {"a": 1, "a": 2}}'
+    response = await client.post(
+        "/events", content=f"[{json.dumps(event())}, {prop}]", headers=JSON
+    )
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body", 1, "properties", "a"] and "duplicate" in error["msg"]
+    assert await redis_client.xlen(settings.stream) == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'[{"site_id": "s"}] trailing',
+        b"[" + json.dumps(event()).encode(),
+        b"[" * 20_000 + b"]" * 20_000,
+        b'{"properties": {"a": ' + b"[" * 20_000 + b"]" * 20_000 + b"}}",
+        b'[{"site_id": 1e999}]',
+        b"[" + json.dumps(event(timestamp="0001-01-01T00:00:00+14:00")).encode() + b"]",
+        json.dumps([event(timestamp="9999-12-31T23:59:59-12:00")]).encode(),
+    ],
+    ids=[
+        "trailing",
+        "truncated",
+        "deep",
+        "deep-in-properties",
+        "huge-number",
+        "year-0",
+        "year-10000",
+    ],
+)
+async def test_malformed_and_extreme_json_is_4xx_on_both_routes(
+    client, redis_client, settings, body: bytes
+) -> None:
+    for path in ("/event", "/events"):
+        response = await client.post(path, content=body, headers=JSON)
+        assert response.status_code in (400, 422), (path, response.status_code, response.text)
+        assert response.json()["detail"]
+    assert await redis_client.xlen(settings.stream) == 0
+
+
+async def test_a_batch_of_empty_objects_is_refused_cheaply(client) -> None:
+    body = b"[" + b",".join([b"{}"] * 21_845) + b"]"
+    response = await client.post("/events", content=body, headers=JSON)
+    assert response.status_code == 422 and len(response.content) < 200
+    many_bad = json.dumps([{}] * 400).encode()
+    response = await client.post("/events", content=many_bad, headers=JSON)
+    detail = response.json()["detail"]
+    assert response.status_code == 422 and len(detail) == 51
+    assert detail[-1]["type"] == "too_many_errors" and "350 more" in detail[-1]["msg"]
+
+
+@pytest.mark.parametrize("char", ["é", "中", "😀"])
+async def test_byte_limits_over_http(client, redis_client, settings, char: str) -> None:
+    at = "/" + char * ((2048 - 1) // len(char.encode()))
+    at += "a" * (2048 - len(at.encode()))
+    assert (await client.post("/event", json=event(path=at))).status_code == 202
+    response = await client.post("/event", json=event(path=at + "a"))
+    assert response.status_code == 422 and "2048 bytes" in response.json()["detail"][0]["msg"]
+    assert await redis_client.xlen(settings.stream) == 1
+
+
+# --- HTTP/1.0 clients: every answer has a Content-Length -------------------------------------
+
+
+async def http10(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    await writer.drain()
+    raw = await asyncio.wait_for(reader.read(), 5)  # HTTP/1.0: the server closes the connection
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "content_type", "body", "status"),
+    [
+        ("POST", "/event", "application/json", json.dumps(event()).encode(), 202),
+        ("POST", "/events", "application/json", json.dumps([event()]).encode(), 202),
+        ("POST", "/event", "application/json", b'{"site_id": 1}', 422),
+        ("POST", "/events", "application/json", b"[{", 400),
+        ("POST", "/event", "application/xml", b"<e/>", 415),
+        ("GET", "/events", None, b"", 405),
+    ],
+)
+async def test_http10_clients_get_a_content_length(
+    client, method: str, path: str, content_type: str | None, body: bytes, status: int
+) -> None:
+    port = int(str(client.base_url).rsplit(":", 1)[1])
+    head = f"{method} {path} HTTP/1.0\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+    if content_type:
+        head += f"Content-Type: {content_type}\r\n"
+    got, headers, answer = await http10(port, head.encode() + b"\r\n" + body)
+    assert got == status
+    assert "transfer-encoding" not in headers
+    assert int(headers["content-length"]) == len(answer) > 0
+    json.loads(answer)
+
+
+async def test_the_openapi_document_says_what_is_enforced(client) -> None:
+    schema = (await client.get("/openapi.json")).json()
+    fields = schema["components"]["schemas"]["Event"]["properties"]
+    assert (
+        fields["timestamp"]["format"] == "date-time" and "UTC" in fields["timestamp"]["description"]
+    )
+    assert fields["path"]["pattern"].startswith("^/")
+    assert fields["event_id"]["anyOf"][0]["pattern"] == "^[A-Za-z0-9._:-]+$"
+    for name, limit in (("site_id", 256), ("path", 2048), ("referrer", 2048)):
+        assert f"{limit} bytes" in fields[name]["description"]
+    for route in ("/event", "/events"):
+        responses = schema["paths"][route]["post"]["responses"]
+        assert set(responses) == {"202", "400", "413", "415", "422", "503"}
+        unavailable = responses["503"]["content"]["application/json"]["schema"]
+        assert unavailable["required"] == ["detail", "event_ids"]
+        assert "Retry-After" in responses["503"]["headers"]
+    readyz = schema["paths"]["/readyz"]["get"]["responses"]
+    assert "503" in readyz
+    metrics = schema["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    assert list(metrics) == ["text/plain"]

@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from queueflow.core.events import (
     EventWindow,
@@ -208,3 +210,377 @@ def test_escapes_that_are_not_control_characters_are_fine() -> None:
     )
     decoded = decode_event(raw, WINDOW)
     assert decoded.path == '/a\\b/"q"' and decoded.referrer == "https://x.example/"
+
+
+# --- Byte limits: what PostgreSQL's B-tree keys can hold -------------------------------------
+
+CHARS = {"2-byte": "é", "3-byte": "中", "4-byte": "😀"}
+
+
+def of_bytes(size: int, char: str, head: str = "") -> str:
+    """A string of exactly `size` UTF-8 bytes: `head`, as many `char` as fit, ASCII padding."""
+    room = size - len(head.encode())
+    count = room // len(char.encode())
+    return head + char * count + "a" * (room - count * len(char.encode()))
+
+
+BYTE_FIELDS = [("site_id", 256, ""), ("path", 2048, "/"), ("referrer", 2048, "")]
+
+
+@pytest.mark.parametrize("char", CHARS.values(), ids=CHARS.keys())
+@pytest.mark.parametrize(("field", "limit", "head"), BYTE_FIELDS, ids=lambda v: str(v))
+@pytest.mark.parametrize("ensure_ascii", [True, False], ids=["escaped", "raw-utf8"])
+def test_byte_limits_hold_exactly_at_the_limit(field, limit, head, char, ensure_ascii) -> None:
+    at = of_bytes(limit, char, head)
+    over = of_bytes(limit + 1, char, head)
+    assert len(at.encode()) == limit and len(over.encode()) == limit + 1
+    assert len(over) <= limit  # within the character limit: only the byte check refuses it
+    raw = json.dumps(event(**{field: at}), ensure_ascii=ensure_ascii).encode()
+    assert getattr(decode_event(raw, WINDOW), field) == at
+    raw = json.dumps(event(**{field: over}), ensure_ascii=ensure_ascii).encode()
+    with pytest.raises(InvalidEvents) as caught:
+        decode_event(raw, WINDOW)
+    (error,) = caught.value.errors
+    assert error["loc"] == ["body", field]
+    assert f"at most {limit} bytes" in error["msg"] and str(limit + 1) in error["msg"]
+
+
+@pytest.mark.parametrize("char", CHARS.values(), ids=CHARS.keys())
+def test_a_batch_names_the_item_over_a_byte_limit(char: str) -> None:
+    items = [event(), event(path=of_bytes(2049, char, "/")), event(site_id=of_bytes(257, char))]
+    with pytest.raises(InvalidEvents) as caught:
+        decode_batch(json.dumps(items, ensure_ascii=False).encode(), WINDOW, 500)
+    assert [e["loc"] for e in caught.value.errors] == [["body", 1, "path"], ["body", 2, "site_id"]]
+
+
+def test_the_keys_the_hostile_client_sent_are_refused() -> None:
+    for fields in (
+        {"path": "/" + "中" * 900},  # 2,701 bytes: over the B-tree row limit by itself
+        {"site_id": "😀" * 256, "path": "/" + "p" * 2000},  # 1,024 + 2,001 bytes
+    ):
+        (error,) = errors_of(event(**fields))
+        assert "bytes" in error["msg"]
+
+
+def test_a_string_over_the_character_limit_is_told_in_bytes_too() -> None:
+    (error,) = errors_of(event(site_id="s" * 257))
+    assert error["loc"] == ["body", "site_id"] and "256 bytes" in error["msg"]
+
+
+@pytest.mark.parametrize("char", CHARS.values(), ids=CHARS.keys())
+def test_the_other_limits_stay_characters(char: str) -> None:
+    e = decode(
+        event(
+            event_type=char * 64,
+            user_id=char * 256,
+            properties={char * 64: char * 512},
+            event_id="x" * 128,
+        )
+    )
+    assert e.user_id == char * 256 and e.properties == {char * 64: char * 512}
+    for fields in (
+        {"event_type": char * 65},
+        {"user_id": char * 257},
+        {"properties": {char * 65: 1}},
+        {"properties": {"k": char * 513}},
+    ):
+        (error,) = errors_of(event(**fields))
+        assert error["loc"][:2] == ["body", next(iter(fields))]
+
+
+def test_the_worker_refuses_an_entry_over_a_byte_limit() -> None:
+    payload = json.dumps(event(event_id="e", path="/" + "中" * 900)).encode()
+    with pytest.raises(msgspec.ValidationError, match="bytes"):
+        decode_entry(payload)
+
+
+# --- Every body is a 400 or a 422, never an exception ----------------------------------------
+
+HOSTILE = [
+    b'[{"site_id": "s"}] trailing',
+    b'{"site_id": "s"} trailing',
+    b"[{}] x",
+    b"{} x",
+    b'[{"site_id": "s"',
+    b"[" + json.dumps(event()).encode(),
+    b"[" * 5000 + b"]" * 5000,
+    b'{"properties": {"a": ' + b"[" * 5000 + b"]" * 5000 + b"}}",
+    b"[" + b"[" * 5000 + b"]" * 5000 + b"]",
+    b'[{"site_id": 1e999}]',
+    b'{"site_id": 1e999}',
+    b"[1e400]",
+    b"1e400",
+    b"[" + b"9" * 5000 + b"]",
+    json.dumps(event()).encode().replace(b"}", b', "properties": {"n": ' + b"9" * 5000 + b"}}"),
+    b"[" + json.dumps(event()).encode().replace(b"}", b', "properties": {"n": -1e400}}]'),
+    json.dumps(event()).encode().replace(b"}", b', "properties": {"n": 1e999}}'),
+    b"null",
+    b"[null]",
+    b'"string"',
+    b"\xff\xfe",
+    b"",
+]
+
+
+@pytest.mark.parametrize("body", HOSTILE, ids=lambda b: repr(b[:24]))
+def test_hostile_bodies_are_malformed_or_invalid(body: bytes) -> None:
+    for decode_any in (lambda: decode_event(body, WINDOW), lambda: decode_batch(body, WINDOW, 500)):
+        with pytest.raises((MalformedJSON, InvalidEvents)):
+            decode_any()
+
+
+def test_big_numbers_within_range_are_kept() -> None:
+    props = {"big": 10**30, "u64": 2**64, "tiny": 1e-300, "neg": -(2**63) - 1}
+    assert decode(event(properties=props)).properties == props
+
+
+@pytest.mark.parametrize("body", [b"[{}] x", b"{} x", b'[{"a": 1}', b"[" * 5000 + b"]" * 5000])
+def test_a_body_that_is_not_json_is_malformed_even_when_its_start_is_invalid(body: bytes):
+    with pytest.raises(MalformedJSON):
+        decode_batch(body, WINDOW, 500)
+
+
+# --- Bad batches cost about what good ones do ------------------------------------------------
+
+
+def test_an_over_count_batch_is_refused_before_its_items_are_validated() -> None:
+    body = b"[" + b",".join([b"{}"] * 21_845) + b"]"  # 64 KiB of empty objects
+    with pytest.raises(InvalidEvents) as caught:
+        decode_batch(body, WINDOW, 500)
+    (error,) = caught.value.errors
+    assert error["loc"] == ["body"] and "at most 500 events" in error["msg"]
+    valid = json.dumps([event()] * 501).encode()
+    with pytest.raises(InvalidEvents) as caught:
+        decode_batch(valid, WINDOW, 500)
+    assert "got 501" in caught.value.errors[0]["msg"]
+
+
+def test_a_batch_lists_at_most_50_errors_and_counts_the_rest() -> None:
+    items = [{}] * 200 + [event(path="no-slash")] * 100 + [event()]
+    with pytest.raises(InvalidEvents) as caught:
+        decode_batch(json.dumps(items).encode(), WINDOW, 500)
+    errors = caught.value.errors
+    assert len(errors) == 51
+    assert [e["loc"][:2] for e in errors[:50]] == [["body", i] for i in range(50)]
+    assert errors[-1]["type"] == "too_many_errors" and errors[-1]["loc"] == ["body"]
+    assert errors[-1]["msg"].startswith("250 more errors not listed")
+    # Valid items with rule errors only (the fast path's), capped the same way.
+    with pytest.raises(InvalidEvents) as caught:
+        decode_batch(json.dumps([event(path="x")] * 120).encode(), WINDOW, 500)
+    assert len(caught.value.errors) == 51
+    assert caught.value.errors[-1]["msg"].startswith("70 more")
+
+
+# --- Timestamps at the limits of datetime ----------------------------------------------------
+
+EXTREMES = ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-12:00", "9999-12-31T23:59:59-00:01"]
+
+
+@pytest.mark.parametrize("timestamp", EXTREMES)
+@pytest.mark.parametrize("days", [30, 0])
+def test_timestamps_that_overflow_in_utc_are_invalid(timestamp: str, days: int) -> None:
+    window = EventWindow(days)
+    for raw, decode_any in (
+        (json.dumps(event(timestamp=timestamp)).encode(), decode_event),
+        (json.dumps([event(), event(timestamp=timestamp)]).encode(), decode_batch),
+    ):
+        with pytest.raises(InvalidEvents) as caught:
+            decode_any(raw, window) if decode_any is decode_event else decode_any(raw, window, 9)
+        assert caught.value.errors[0]["loc"][-1] == "timestamp"
+    with pytest.raises(msgspec.ValidationError):
+        decode_entry(json.dumps(event(timestamp=timestamp, event_id="e")).encode())
+
+
+def test_the_datetime_limits_themselves_are_fine_without_a_lower_bound() -> None:
+    for timestamp in ("0001-01-01T00:00:00Z", "0001-01-01T00:00:00"):
+        raw = json.dumps(event(timestamp=timestamp, event_id="e")).encode()
+        e = decode_event(raw, EventWindow(0))
+        assert e.timestamp == datetime.min.replace(tzinfo=UTC)
+        assert decode_entry(encode_event(e)) == e
+
+
+def test_a_window_longer_than_datetime_spans_has_no_lower_bound() -> None:
+    for days in (800_000, 10**12):
+        raw = json.dumps(event(timestamp="0001-01-02T00:00:00Z")).encode()
+        assert decode_event(raw, EventWindow(days)).timestamp.year == 1
+
+
+# --- Duplicate keys --------------------------------------------------------------------------
+
+
+def with_duplicate(key: str, value: object, body: dict | None = None) -> bytes:
+    """An event body with `key` given a second time, after the rest."""
+    raw = json.dumps(body or event())[:-1]
+    return f"{raw}, {json.dumps(key)}: {json.dumps(value)}}}".encode()
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("site_id", "other"),
+        ("event_type", "click"),
+        ("path", "/other"),
+        ("user_id", "u2"),
+        ("timestamp", datetime.now(UTC).isoformat()),
+        ("event_id", "again"),
+        ("referrer", "https://b.example/"),
+        ("properties", {"a": 1}),
+        ("user_id", 5),
+        ("referrer", None),
+    ],
+)
+def test_a_repeated_field_is_refused_by_name(key: str, value: object) -> None:
+    body = event(event_id="first", referrer="https://a.example/", properties={"a": 0})
+    with pytest.raises(InvalidEvents) as caught:
+        decode_event(with_duplicate(key, value, body), WINDOW)
+    messages = {(tuple(e["loc"]), e["msg"]) for e in caught.value.errors}
+    if not isinstance(value, int) or isinstance(value, bool):  # `5` fails its type first
+        assert (("body", key), f"duplicate key `{key}`") in messages
+
+
+def test_a_repeated_property_name_is_refused_by_name() -> None:
+    raw = json.dumps(event())[:-1] + ', "properties": {"plan": "pro", "n": 1, "plan": "free"}}'
+    with pytest.raises(InvalidEvents) as caught:
+        decode_event(raw.encode(), WINDOW)
+    (error,) = caught.value.errors
+    assert error["loc"] == ["body", "properties", "plan"] and "duplicate" in error["msg"]
+
+
+def test_a_repeated_key_in_a_batch_names_its_item() -> None:
+    raw = b"[" + json.dumps(event()).encode() + b"," + with_duplicate("path", "/x") + b"]"
+    with pytest.raises(InvalidEvents) as caught:
+        decode_batch(raw, WINDOW, 500)
+    assert caught.value.errors == [
+        {"type": "value_error", "loc": ["body", 1, "path"], "msg": "duplicate key `path`"}
+    ]
+    # ... and in the slow path too, beside another item's type error.
+    raw = raw[:-1] + b', {"site_id": 5}]'
+    with pytest.raises(InvalidEvents) as caught:
+        decode_batch(raw, WINDOW, 500)
+    assert [e["loc"][:3] for e in caught.value.errors] == [
+        ["body", 1, "path"],
+        ["body", 2, "site_id"],
+    ]
+
+
+def test_a_repeat_spelled_with_escapes_is_found() -> None:
+    # `site\u005fid` is `site_id`, and its value's 2 quotes and its key's 2 are balanced by
+    # four strings ending in a backslash: `\\"` would look like 4 escaped quotes to a naive count.
+    raw = (
+        '{"site_id": "a", "site\\u005fid": "b\\\\", "event_type": "x\\\\", "path": "/\\\\",'
+        ' "user_id": "u\\\\", "timestamp": "' + datetime.now(UTC).isoformat() + '"}'
+    )
+    assert json.loads(raw)["site_id"] == "b\\"
+    with pytest.raises(InvalidEvents) as caught:
+        decode_event(raw.encode(), WINDOW)
+    assert caught.value.errors == [
+        {"type": "value_error", "loc": ["body", "site_id"], "msg": "duplicate key `site_id`"}
+    ]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        event(referrer=None) | {"referrer": None, "event_id": None, "properties": None},
+        event(user_id="site_id", path='/"path"', event_type='a\\"b'),
+        event(properties={"site_id": "path", "q": '"', "b": "\\", "n": None, "e": ""}),
+        event(site_id='é\\"中', path='/\u00e9\\\\"', properties={}),
+    ],
+    ids=["explicit-nulls", "field-names-as-values", "quotes-in-properties", "escapes"],
+)
+@pytest.mark.parametrize("ensure_ascii", [True, False], ids=["escaped", "raw-utf8"])
+def test_bodies_without_repeats_are_not_mistaken_for_them(body: dict, ensure_ascii: bool):
+    raw = json.dumps(body, ensure_ascii=ensure_ascii).encode()
+    decode_event(raw, WINDOW)
+    decode_batch(b"[" + raw + b"," + raw + b"]", WINDOW, 500)
+
+
+# The cheap duplicate-key check (a count of quotes) against the exact one, on bodies written
+# with every spelling JSON allows: escaped keys, escaped quotes and backslashes, whitespace.
+_SAFE_TEXT = st.text(
+    st.sampled_from('\\"')
+    | st.characters(blacklist_categories=["Cs", "Cc"], blacklist_characters="\x7f"),
+    max_size=8,
+)
+_VALUES = st.one_of(
+    _SAFE_TEXT,
+    st.integers(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.booleans(),
+    st.none(),
+)
+
+
+@st.composite
+def json_text(draw: st.DrawFn, value: object) -> str:
+    if isinstance(value, str):  # each character as itself or escaped, in any spelling
+        ensure_ascii, escape = draw(st.booleans()), draw(st.booleans())
+        return (
+            '"'
+            + "".join(
+                f"\\u{ord(c):04x}"
+                if escape and ord(c) < 0x10000 and draw(st.booleans())
+                else json.dumps(c, ensure_ascii=ensure_ascii)[1:-1]
+                for c in value
+            )
+            + '"'
+        )
+    if isinstance(value, list):  # pairs: an object, keys possibly repeated
+        space = draw(st.sampled_from(["", " ", "\n  "]))
+        parts = [f"{draw(json_text(k))}{space}:{space}{draw(json_text(v))}" for k, v in value]
+        return "{" + f",{space}".join(parts) + "}"
+    return json.dumps(value)
+
+
+@st.composite
+def event_pairs(draw: st.DrawFn) -> tuple[list, bool]:
+    """(the event's pairs, whether some key repeats) — repeats only of valid values."""
+    now = datetime.now(UTC).isoformat()
+    pairs: list = [
+        ("site_id", draw(_SAFE_TEXT.map(lambda s: "s" + s))),
+        ("event_type", draw(_SAFE_TEXT.map(lambda s: "t" + s))),
+        ("path", draw(_SAFE_TEXT.map(lambda s: "/" + s))),
+        ("user_id", draw(_SAFE_TEXT.map(lambda s: "u" + s))),
+        ("timestamp", now),
+    ]
+    if draw(st.booleans()):
+        pairs.append(("referrer", draw(st.one_of(_SAFE_TEXT, st.none()))))
+    if draw(st.booleans()):
+        pairs.append(
+            (
+                "event_id",
+                draw(st.one_of(st.from_regex(r"[A-Za-z0-9._:-]{1,8}", fullmatch=True), st.none())),
+            )
+        )
+    props = draw(st.lists(st.tuples(st.sampled_from("abc"), _VALUES), max_size=5))
+    if props or draw(st.booleans()):
+        pairs.append(("properties", props))
+    if draw(st.booleans()):
+        key, value = draw(st.sampled_from(pairs))
+        pairs.insert(draw(st.integers(0, len(pairs))), (key, value))
+    repeated = len({k for k, _ in pairs}) < len(pairs) or any(
+        len({k for k, _ in v}) < len(v) for k, v in pairs if k == "properties"
+    )
+    return pairs, repeated
+
+
+@given(st.lists(event_pairs(), min_size=1, max_size=4), st.data())
+@settings(max_examples=250, deadline=None)
+def test_repeated_keys_are_found_however_the_body_is_written(items: list, data: st.DataObject):
+    texts = [data.draw(json_text(pairs)) for pairs, _ in items]
+    for text, (_, repeated) in zip(texts, items, strict=True):
+        raw = text.encode()
+        if repeated:
+            with pytest.raises(InvalidEvents) as caught:
+                decode_event(raw, WINDOW)
+            assert any(e["msg"].startswith("duplicate") for e in caught.value.errors)
+        else:
+            decode_event(raw, WINDOW)
+    batch = ("[" + ", ".join(texts) + "]").encode()
+    bad = [i for i, (_, repeated) in enumerate(items) if repeated]
+    if bad:
+        with pytest.raises(InvalidEvents) as caught:
+            decode_batch(batch, WINDOW, 500)
+        assert sorted({e["loc"][1] for e in caught.value.errors}) == bad
+    else:
+        assert len(decode_batch(batch, WINDOW, 500)) == len(items)

@@ -1,30 +1,59 @@
 """The event model: decoding and validating client JSON, and the entry written to the stream.
 
-msgspec's C decoder checks types, lengths and unknown fields straight from the bytes. The
-rules it cannot express cheaply run in one Python pass per event (`_problems`): path prefix,
-event_id alphabet, time window. Control characters are looked for in the raw body first:
-JSON can only carry them escaped (or, for DEL and C1, as those exact bytes), so a body
-without such a sequence — nearly every body — skips the per-field scan. Regex patterns in
-the msgspec model cost 2.4 µs per event, five times the rest of decoding; this costs 0.3.
+msgspec's C decoder checks types, character lengths and unknown fields straight from the
+bytes. The rules it cannot express run in Python (`_check`), kept cheap on the hot path by
+looking at the raw body first and doing per-event work only where the body says it may be
+needed:
+
+- Control characters: JSON can only carry them escaped (or, for DEL and C1, as those exact
+  bytes), so a body without such a sequence — nearly every body — skips the per-field scan.
+- Byte limits (site_id, path, referrer: what PostgreSQL's B-tree keys hold): an ASCII body
+  without escapes has one byte per character, which msgspec already counted; other bodies
+  measure only strings long enough to matter (`len(s) * 4 > limit`) and not ASCII.
+- Duplicate keys (msgspec keeps the last value): without escaped backslashes every `"` in
+  the body is structural, so a body holds exactly as many as its decoded events' keys and
+  string values need; one C-speed count compares the two, and only a mismatch (a duplicate,
+  an explicit null, an unusual escape) pays for an exact pass with `json.loads`.
+- Path prefix, event_id alphabet (one regex over all ids at once) and the time window (in
+  UTC, overflow-safe) in one tight loop; an event that trips any of them is checked in full
+  by `_problems`, which words the errors.
+
+Bad input costs about what good input does: a batch over the count limit is refused from a
+structural pass that stops at item max+1 (no per-item objects past it), and a 422 lists at
+most MAX_LISTED_ERRORS errors, then says how many more there were.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from itertools import chain
 from typing import Annotated, Any
 
 import msgspec
 
 FUTURE_SKEW = timedelta(minutes=5)
+MAX_LISTED_ERRORS = 50
 
-# Where a control character (U+0000-U+001F, U+007F-U+009F) can hide in JSON bytes.
-_MAYBE_CONTROL = re.compile(rb"\\(?:u00[0189]|u007[fF]|[bfnrt])|\x7f|\xc2[\x80-\x9f]")
+# What the store indexes, in UTF-8 bytes: the primary key (site_id, date, path) of the path
+# counts must stay under PostgreSQL's B-tree row limit (2,704 bytes); referrer is grouped on.
+BYTE_LIMITS = {"site_id": 256, "path": 2048, "referrer": 2048}
+
+# Where a control character (U+0000-U+001F, U+007F-U+009F) can hide in JSON bytes: escaped,
+# or as the bytes of DEL (\x7f) or of a C1 character (\xc2\x80-\xc2\x9f).
+_ESCAPED_CONTROL = re.compile(rb"\\(?:u00[0189]|u007[fF]|[bfnrt])")
+_C1_CONTROL = re.compile(rb"\xc2[\x80-\x9f]")
+_QUOTE_ESCAPES = re.compile(rb'\\[\\"]')
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# The alphabet is a rule per character, so one match over all of a batch's ids, joined with
+# nothing between them, is exact (each id is non-empty: msgspec checked that).
 _EVENT_ID = re.compile(r"[A-Za-z0-9._:-]+")
 _TEXT_FIELDS = ("site_id", "event_type", "path", "user_id", "referrer")
+_TOO_DEEP = "JSON is nested too deeply"
 
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 PropertyValue = Annotated[str, msgspec.Meta(max_length=512)] | int | float | bool | None
@@ -34,8 +63,11 @@ Properties = Annotated[
 ]
 
 
-class Event(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    """One analytics event as a client sends it and as it travels through the stream."""
+# gc=False: an event holds strings, a datetime and a flat dict, never a reference cycle, so
+# the collector need not track it (decoding a batch allocates one per item).
+class Event(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc=False):
+    """One analytics event as a client sends it and as it travels through the stream.
+    The max_length figures are characters (msgspec's); BYTE_LIMITS bound UTF-8 bytes."""
 
     site_id: Text
     event_type: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
@@ -47,16 +79,26 @@ class Event(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     properties: Properties | None = None
 
 
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+_LATEST = datetime.max.replace(tzinfo=UTC)
+
+
 class EventWindow:
     """The accepted timestamp range: not older than max_age_days, at most 5 minutes ahead."""
 
     def __init__(self, max_age_days: int) -> None:
-        self.max_age = timedelta(days=max_age_days) if max_age_days else None
+        try:
+            self.max_age = timedelta(days=max_age_days) if max_age_days else None
+        except OverflowError:  # more days than a datetime spans: no lower bound
+            self.max_age = None
 
     def bounds(self) -> tuple[datetime | None, datetime]:
         """(earliest or None, latest) accepted timestamps, as of now."""
         now = datetime.now(UTC)
-        return (now - self.max_age if self.max_age else None), now + FUTURE_SKEW
+        earliest = None
+        if self.max_age is not None and now - _EARLIEST > self.max_age:
+            earliest = now - self.max_age
+        return earliest, now + FUTURE_SKEW
 
     def problem(self, timestamp: datetime, bounds: tuple[datetime | None, datetime]) -> str | None:
         earliest, latest = bounds
@@ -68,26 +110,50 @@ class EventWindow:
 
 
 _ANY_TIME = EventWindow(0)
-_NO_BOUNDS: tuple[datetime | None, datetime] = (None, datetime.max.replace(tzinfo=UTC))
+_NO_BOUNDS: tuple[datetime | None, datetime] = (None, _LATEST)
+
+
+def _to_utc(ts: datetime) -> datetime | None:
+    """Aware UTC (RFC 3339 without an offset means UTC); None when the UTC time is outside
+    the years 1-9999 (0001-01-01T00:00:00+14:00 is still year 0 in UTC)."""
+    if ts.tzinfo is None:
+        return ts.replace(tzinfo=UTC)
+    try:
+        return ts.astimezone(UTC)
+    except OverflowError:
+        return None
+
+
+def _over_bytes(value: str, limit: int) -> bool:
+    """More than `limit` UTF-8 bytes. Free for short or ASCII strings (the caller's char
+    limit already holds them); only long non-ASCII ones are encoded."""
+    return len(value) * 4 > limit and not value.isascii() and len(value.encode()) > limit
 
 
 def _problems(
     event: Event, window: EventWindow, bounds: tuple[datetime | None, datetime], controls: bool
 ) -> list[tuple[str, str]]:
-    """Check what the decoder did not, and normalise the timestamp to aware UTC (RFC 3339
-    without an offset means UTC). Returns (field, message) pairs."""
-    ts = event.timestamp
-    if ts.tzinfo is None:
-        event.timestamp = ts = ts.replace(tzinfo=UTC)
-    elif ts.tzinfo is not UTC:
-        event.timestamp = ts = ts.astimezone(UTC)
+    """Every rule the decoder did not check, worded, for one event; normalises its timestamp
+    to aware UTC. Returns (field, message) pairs."""
     found = []
+    ts = event.timestamp
+    if ts.tzinfo is not UTC:
+        utc = _to_utc(ts)
+        if utc is None:
+            found.append(("timestamp", "timestamp is outside the years 0001-9999 in UTC"))
+        else:
+            event.timestamp = ts = utc
     if event.path[0] != "/":
         found.append(("path", "path must start with '/'"))
     if event.event_id is not None and not _EVENT_ID.fullmatch(event.event_id):
         found.append(("event_id", "event_id may only contain letters, digits and . _ : -"))
-    if problem := window.problem(ts, bounds):
+    if ts.tzinfo is UTC and (problem := window.problem(ts, bounds)):
         found.append(("timestamp", problem))
+    for name, limit in BYTE_LIMITS.items():
+        value = getattr(event, name)
+        if value is not None and _over_bytes(value, limit):
+            size = len(value.encode())
+            found.append((name, f"{name} must be at most {limit} bytes in UTF-8, not {size}"))
     if controls:
         for name in _TEXT_FIELDS:
             value = getattr(event, name)
@@ -102,24 +168,153 @@ def _problems(
     return found
 
 
-def _may_hold_controls(body: bytes) -> bool:
-    # Three memchr-speed scans settle nearly every body; the regex runs only when needed.
+def _may_hold_controls(body: bytes, escaped: bool) -> bool:
+    # memchr-speed scans settle nearly every body; the regexes run only when needed, each
+    # starting with a literal (one alternation of all three is ten times slower).
     # (find, not `in`, which costs twice as much on bytes.)
-    if body.find(b"\\") < 0 and body.find(b"\x7f") < 0 and body.find(b"\xc2") < 0:
-        return False
-    return _MAYBE_CONTROL.search(body) is not None
+    if escaped and _ESCAPED_CONTROL.search(body) is not None:
+        return True
+    if body.find(b"\x7f") >= 0:
+        return True
+    return body.find(b"\xc2") >= 0 and _C1_CONTROL.search(body) is not None
+
+
+# (index of the event, loc below it, message)
+Found = list[tuple[int, list[str | int], str]]
+
+
+def _check(
+    events: list[Event],
+    body: bytes,
+    window: EventWindow,
+    bounds: tuple[datetime | None, datetime],
+    batch: bool,
+) -> Found:
+    """Check `events`, decoded from `body`, against every rule msgspec did not apply."""
+    escaped = body.find(b"\\") >= 0
+    controls = _may_hold_controls(body, escaped)
+    earliest, latest = bounds
+    if earliest is None:
+        earliest = _EARLIEST
+    suspects: list[int] = []
+    ids: list[str] = []
+    props: list[dict[str, Any]] = []
+    # Quote characters the body must hold: the five required fields' keys and string values.
+    quotes = 20 * len(events)
+    for index, event in enumerate(events):
+        ts = event.timestamp
+        if ts.tzinfo is not UTC:
+            utc = _to_utc(ts)
+            if utc is None:
+                suspects.append(index)
+            else:
+                event.timestamp = ts = utc
+        if event.path[0] != "/" or not earliest <= ts <= latest:
+            suspects.append(index)
+        if event.event_id is not None:
+            ids.append(event.event_id)
+        if event.referrer is not None:
+            quotes += 4
+        if event.properties is not None:
+            props.append(event.properties)
+    quotes += 4 * len(ids)
+    if props:  # the "properties" keys; each property's key, and its value when a string
+        quotes += 2 * len(props)
+        encoded = _encoder.encode(props)  # C speed: no Python step per property
+        if encoded.find(b"\\") < 0:  # no escapes: its quotes are those keys and strings
+            quotes += encoded.count(b'"')
+        else:
+            values = chain.from_iterable(map(dict.values, props))
+            quotes += 2 * (sum(map(len, props)) + list(map(type, values)).count(str))
+    if ids and not _EVENT_ID.fullmatch("".join(ids)):
+        suspects.extend(i for i, e in enumerate(events) if e.event_id is not None)
+    if escaped or not body.isascii():  # strings may have more bytes than characters
+        for index, event in enumerate(events):
+            # The length guards are _over_bytes's first test, inlined for speed.
+            site_id, path, referrer = event.site_id, event.path, event.referrer
+            if (
+                (len(site_id) > 64 and _over_bytes(site_id, 256))
+                or (len(path) > 512 and _over_bytes(path, 2048))
+                or (referrer is not None and len(referrer) > 512 and _over_bytes(referrer, 2048))
+            ):
+                suspects.append(index)
+    if controls:
+        suspects = list(range(len(events)))
+    found: Found = []
+    if suspects:
+        for index in sorted(set(suspects)):
+            for field, msg in _problems(events[index], window, bounds, controls):
+                found.append((index, [field], msg))
+    if _structural_quotes(body, escaped) != quotes:
+        found.extend(_duplicate_keys(body, batch))
+        found.sort(key=lambda item: item[0])  # stable: each event's errors stay in order
+    return found
+
+
+def _structural_quotes(body: bytes, escaped: bool) -> int:
+    """The `"` that delimit strings: all of them, less the escaped ones. Matched left to
+    right, `\\\\` and `\\"` pair up exactly as JSON reads its escapes (a backslash always
+    starts one, and no other escape holds a backslash or a quote)."""
+    if not escaped:
+        return body.count(b'"')
+    return body.count(b'"') - _QUOTE_ESCAPES.findall(body).count(b'\\"')
+
+
+class _Pairs(list):
+    """A JSON object as json.loads saw it: its (key, value) pairs, duplicates kept."""
+
+
+def _duplicate_keys(body: bytes, batch: bool) -> Found:
+    """Keys repeated within an event, or within its properties (the exact, slower pass)."""
+
+    def keep(text: str) -> str:
+        return text
+
+    try:
+        tree = json.loads(
+            body, object_pairs_hook=_Pairs, parse_int=keep, parse_float=keep, parse_constant=keep
+        )
+    except (ValueError, RecursionError):  # msgspec read it; json should too
+        return []
+    found: Found = []
+    for index, pairs in enumerate(tree if batch else [tree]):
+        if not isinstance(pairs, _Pairs):
+            continue
+        for key in _repeated(pairs):
+            found.append((index, [key], f"duplicate key `{key}`"))
+        for key, value in pairs:
+            if key == "properties" and isinstance(value, _Pairs):
+                for name in _repeated(value):
+                    found.append((index, ["properties", name], f"duplicate property `{name}`"))
+    return found
+
+
+def _repeated(pairs: list[tuple[str, Any]]) -> list[str]:
+    seen: set[str] = set()
+    repeated: list[str] = []
+    for key, _ in pairs:
+        if key in seen and key not in repeated:
+            repeated.append(key)
+        seen.add(key)
+    return repeated
 
 
 _event_decoder = msgspec.json.Decoder(Event)
 _batch_decoder = msgspec.json.Decoder(list[Event])
-_any_decoder = msgspec.json.Decoder()
+_raw_decoder = msgspec.json.Decoder(msgspec.Raw)
 _encoder = msgspec.json.Encoder()
 
 
 class InvalidEvents(Exception):
-    """Validation failed; `errors` is FastAPI's 422 `detail` list."""
+    """Validation failed; `errors` is FastAPI's 422 `detail` list, at most MAX_LISTED_ERRORS
+    of them and then, when there were more, one entry saying how many were not listed."""
 
-    def __init__(self, errors: list[dict[str, Any]]) -> None:
+    def __init__(self, errors: list[dict[str, Any]], unlisted: int = 0) -> None:
+        unlisted += max(0, len(errors) - MAX_LISTED_ERRORS)
+        errors = errors[:MAX_LISTED_ERRORS]
+        if unlisted:
+            msg = f"{unlisted} more errors not listed (the first {len(errors)} are)"
+            errors.append({"type": "too_many_errors", "loc": ["body"], "msg": msg})
         super().__init__(errors)
         self.errors = errors
 
@@ -128,16 +323,28 @@ class MalformedJSON(Exception):
     """The body is not JSON at all (400)."""
 
 
+def _must_be_json(body: bytes) -> None:
+    """Raise MalformedJSON unless the body is JSON (a full structural pass, no objects)."""
+    try:
+        _raw_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise MalformedJSON(str(exc)) from None
+    except RecursionError:
+        raise MalformedJSON(_TOO_DEEP) from None
+
+
 def decode_event(body: bytes, window: EventWindow) -> Event:
     try:
         event = _event_decoder.decode(body)
     except msgspec.ValidationError as exc:
+        _must_be_json(body)  # `{} x` is not JSON (400), even though `{}` alone is a 422
         raise InvalidEvents([_error(str(exc), ["body"])]) from None
     except msgspec.DecodeError as exc:
         raise MalformedJSON(str(exc)) from None
-    controls = _may_hold_controls(body)
-    if found := _problems(event, window, window.bounds(), controls):
-        raise InvalidEvents([_field_error(["body"], field, msg) for field, msg in found])
+    except RecursionError:
+        raise MalformedJSON(_TOO_DEEP) from None
+    if found := _check([event], body, window, window.bounds(), batch=False):
+        raise InvalidEvents([_field_error(["body", *loc], msg) for _, loc, msg in found])
     return event
 
 
@@ -147,64 +354,121 @@ def decode_batch(body: bytes, window: EventWindow, max_events: int) -> list[Even
         events = _batch_decoder.decode(body)
     except msgspec.ValidationError:
         # Slow path, only for bad input: find every failing item, not just the first.
-        raise InvalidEvents(_batch_errors(_any_decoder.decode(body), window)) from None
+        errors, unlisted = _batch_errors(body, window, max_events)
+        raise InvalidEvents(errors, unlisted) from None
     except msgspec.DecodeError as exc:
         raise MalformedJSON(str(exc)) from None
+    except RecursionError:
+        raise MalformedJSON(_TOO_DEEP) from None
     if not events:
         raise InvalidEvents([_error("Expected a non-empty array of events", ["body"])])
     if len(events) > max_events:
         raise InvalidEvents(
             [_error(f"Expected at most {max_events} events, got {len(events)}", ["body"])]
         )
-    bounds, controls = window.bounds(), _may_hold_controls(body)
-    errors = [
-        _field_error(["body", index], field, msg)
-        for index, event in enumerate(events)
-        for field, msg in _problems(event, window, bounds, controls)
-    ]
-    if errors:
-        raise InvalidEvents(errors)
+    if found := _check(events, body, window, window.bounds(), batch=True):
+        listed = found[:MAX_LISTED_ERRORS]
+        errors = [_field_error(["body", i, *loc], msg) for i, loc, msg in listed]
+        raise InvalidEvents(errors, unlisted=len(found) - len(listed))
     return events
 
 
-def _batch_errors(items: Any, window: EventWindow) -> list[dict[str, Any]]:
-    if not isinstance(items, list):
-        return [_error(f"Expected `array`, got `{type(items).__name__}`", ["body"])]
+# Past this, a struct with one field per allowed item is too big to be worth it.
+_MAX_ITEMS_STRUCT = 10_000
+
+
+@lru_cache(maxsize=8)
+def _items_decoder(max_events: int) -> msgspec.json.Decoder:
+    """Decodes an array into its items' raw bytes, failing at item max_events + 1: an
+    array-like struct with one optional field per allowed item (a list would make an
+    object for every item of a 64 KiB array of `{}` before its length could be checked)."""
+    if max_events > _MAX_ITEMS_STRUCT:
+        return msgspec.json.Decoder(list[msgspec.Raw])
+    fields = [(f"item{i}", msgspec.Raw, None) for i in range(max_events)]
+    items = msgspec.defstruct("Items", fields, array_like=True, forbid_unknown_fields=True)
+    return msgspec.json.Decoder(items)
+
+
+def _items(body: bytes, max_events: int) -> list[msgspec.Raw]:
+    """The batch's items, undecoded; raises for a body that is no array of 1..max items."""
+    try:
+        decoded = _items_decoder(max_events).decode(body)
+    except msgspec.ValidationError as exc:
+        if str(exc).startswith("Expected `array` of at most length"):
+            over = f"Expected at most {max_events} events, got more"
+            raise InvalidEvents([_error(over, ["body"])]) from None
+        _must_be_json(body)
+        raise InvalidEvents([_error(str(exc), ["body"])]) from None
+    except msgspec.DecodeError as exc:
+        raise MalformedJSON(str(exc)) from None
+    except RecursionError:
+        raise MalformedJSON(_TOO_DEEP) from None
+    if isinstance(decoded, list):
+        items = decoded
+    else:
+        fields = msgspec.structs.astuple(decoded)
+        items = list(fields[: fields.index(None)] if fields[-1] is None else fields)
+    if not items:
+        raise InvalidEvents([_error("Expected a non-empty array of events", ["body"])])
+    if len(items) > max_events:
+        over = f"Expected at most {max_events} events, got {len(items)}"
+        raise InvalidEvents([_error(over, ["body"])])
+    return items
+
+
+def _batch_errors(
+    body: bytes, window: EventWindow, max_events: int
+) -> tuple[list[dict[str, Any]], int]:
+    """Each bad item's errors (formatted for the first MAX_LISTED_ERRORS, counted after)."""
     bounds = window.bounds()
-    errors = []
-    for index, item in enumerate(items):
+    errors: list[dict[str, Any]] = []
+    unlisted = 0
+    for index, raw in enumerate(_items(body, max_events)):
         try:
-            event = msgspec.convert(item, Event, strict=True)
+            event = _event_decoder.decode(raw)
         except msgspec.ValidationError as exc:
-            errors.append(_error(str(exc), ["body", index]))
+            if len(errors) < MAX_LISTED_ERRORS:
+                errors.append(_error(str(exc), ["body", index]))
+            else:
+                unlisted += 1
             continue
-        for field, msg in _problems(event, window, bounds, controls=True):
-            errors.append(_field_error(["body", index], field, msg))
-    return errors
+        for _, loc, msg in _check([event], bytes(raw), window, bounds, batch=False):
+            if len(errors) < MAX_LISTED_ERRORS:
+                errors.append(_field_error(["body", index, *loc], msg))
+            else:
+                unlisted += 1
+    return errors, unlisted
 
 
-_AT = re.compile(r"^(?P<msg>.*?)(?: - at (?P<key>`key` in )?`\$(?P<path>[^`]*)`)?$", re.S)
 _PART = re.compile(r"\.(\w+)|\[(\d+)\]")
+_CHARS = re.compile(r"Expected `str` of length <= \d+$")
+_KEY_IN = "key` in `"
 
 
 def _error(message: str, prefix: list[str | int]) -> dict[str, Any]:
-    """Turn a msgspec message ("... - at `$.path`") into one FastAPI-shaped error."""
-    match = _AT.match(message)
-    assert match is not None
+    """Turn a msgspec message ("... - at `$.path`", or "- at `key` in `$.path`" for a
+    mapping's key) into one FastAPI-shaped error. The location is the last ` - at `."""
+    msg, at, where = message.rpartition(" - at `")
+    if not at or not where.endswith("`"):
+        msg, where = message, ""
+    key = where.startswith(_KEY_IN)
+    if key:
+        where = where[len(_KEY_IN) :]
     loc = list(prefix)
-    for name, index in _PART.findall(match["path"] or ""):
+    for name, index in _PART.findall(where[1:-1]):
         loc.append(name if name else int(index))
-    msg = match["msg"]
-    if match["key"]:
+    if key:
         msg = f"property name: {msg}"
+    elif loc[-1] in BYTE_LIMITS and _CHARS.match(msg):  # over the limit in characters already
+        msg = f"{loc[-1]} must be at most {BYTE_LIMITS[loc[-1]]} bytes in UTF-8"
     kind = "missing" if msg.startswith("Object missing required field") else "value_error"
     if msg.startswith(("Object missing required field", "Object contains unknown field")):
         loc.append(msg.split("`")[1])
     return {"type": kind, "loc": loc, "msg": msg}
 
 
-def _field_error(prefix: list[str | int], field: str, msg: str) -> dict[str, Any]:
-    return {"type": "value_error", "loc": [*prefix, field], "msg": msg}
+def _field_error(loc: list[str | int], msg: str) -> dict[str, Any]:
+    return {"type": "value_error", "loc": loc, "msg": msg}
 
 
 def new_event_ids(count: int) -> list[str]:
@@ -232,7 +496,8 @@ def decode_entry(payload: bytes) -> Event:
     """Decode a stream payload with the same rules, but no time window: the event was accepted
     already. Raises msgspec.ValidationError for an entry no ingest would have written."""
     event = _event_decoder.decode(payload)
-    found = _problems(event, _ANY_TIME, _NO_BOUNDS, _may_hold_controls(payload))
+    escaped = payload.find(b"\\") >= 0
+    found = _problems(event, _ANY_TIME, _NO_BOUNDS, _may_hold_controls(payload, escaped))
     if event.event_id is None:
         found.append(("event_id", "stream entry has no event_id"))
     if found:
