@@ -40,10 +40,10 @@ def event(**fields: Any) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def serve(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+async def serve(app: Any, settings: Any = None) -> AsyncIterator[httpx.AsyncClient]:
     """Run an ASGI app under uvicorn on a real loopback port; yield a client for it."""
     port = free_port()
-    server = make_server(app, "127.0.0.1", port)
+    server = make_server(app, "127.0.0.1", port, settings)
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():
@@ -206,10 +206,11 @@ def wait_until_exact(
 
 
 def expected_stats(events: Iterable[dict[str, Any]]) -> dict[tuple[str, date], dict[str, Any]]:
-    """Naive recount: each event_id once; views are page_views; users distinct over all events."""
-    seen: dict[str, dict[str, Any]] = {}
+    """Naive recount: each event_id once per site; views are page_views; users distinct over
+    all events."""
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
     for e in events:
-        seen.setdefault(e["event_id"], e)
+        seen.setdefault((e["site_id"], e["event_id"]), e)
     views: Counter[tuple[str, date]] = Counter()
     paths: dict[tuple[str, date], Counter[str]] = defaultdict(Counter)
     users: dict[tuple[str, date], set[str]] = defaultdict(set)

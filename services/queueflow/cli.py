@@ -14,7 +14,7 @@ from typing import Any
 import structlog
 
 from queueflow import __version__
-from queueflow.core.config import Settings, load_settings
+from queueflow.core.config import Settings, env_name, load_settings
 from queueflow.core.errors import ConfigError, MigrationError
 from queueflow.core.observability import BUILD_INFO, configure_logging
 from queueflow.core.tracing import configure_tracing
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_, description=help_)
         for flag, (dest, kind) in {**SETTING_FLAGS, **flags}.items():
             sub.add_argument(
-                flag, dest=dest, type=kind, default=None, help=f"[env {_env_name(dest)}]"
+                flag, dest=dest, type=kind, default=None, help=f"[env {env_name(dest)}]"
             )
         if listens:
             sub.add_argument("--host", default=host, help=f"address to listen on [{host}]")
@@ -100,10 +100,6 @@ def build_parser() -> argparse.ArgumentParser:
     smoke.add_argument("--reporting-url", required=True, help="e.g. http://queueflow-reporting")
     smoke.add_argument("--timeout", type=float, default=60, help="seconds to wait [60]")
     return parser
-
-
-def _env_name(setting: str) -> str:
-    return setting.upper() if setting.endswith("_url") else f"QUEUEFLOW_{setting.upper()}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,7 +169,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         from queueflow.ingest.app import create_app
     else:
         from queueflow.reporting.app import create_app
-    return run_async(serve_app(create_app(settings), args.host, args.port, settings.access_log))
+    return run_async(serve_app(create_app(settings), args.host, args.port, settings))
 
 
 async def migrate_command(settings: Settings) -> int:
@@ -183,10 +179,10 @@ async def migrate_command(settings: Settings) -> int:
     return 0
 
 
-async def serve_app(app: Any, host: str, port: int, access_log: bool) -> int:
+async def serve_app(app: Any, host: str, port: int, settings: Settings) -> int:
     from queueflow.core.serving import make_server, serve_until, stop_on_signals
 
-    server = make_server(app, host, port, access_log=access_log)
+    server = make_server(app, host, port, settings, access_log=settings.access_log)
     await serve_until(server, stop_on_signals())
     return 0
 

@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     redis_timeout_s: float = Field(0.9, gt=0, le=10)
     # Seconds a stopping worker may spend finishing its batch (below the pod's grace period).
     shutdown_timeout: float = Field(20, gt=0, le=600)
+    # HTTP limits on every service's port, against idle, slow and oversized clients:
+    http_max_header_bytes: int = Field(16_384, ge=1024, le=1_048_576)  # line + headers; then 431
+    http_header_timeout_s: float = Field(10, gt=0, le=300)  # open/first byte to headers' end
+    http_body_timeout_s: float = Field(30, gt=0, le=3600)  # headers' end to body's end; then close
+    http_keepalive_timeout_s: float = Field(5, gt=0, le=3600)  # idle keep-alive connection closed
     db_pool_size: int = Field(4, ge=1, le=100)
     migrations_dir: str | None = None
     # Worker and reporting apply pending migrations at start (under the advisory lock).
@@ -78,6 +83,11 @@ def load_settings(**overrides: object) -> Settings:
 
 
 def _describe(err: dict) -> str:
-    field = str(err["loc"][0]) if err["loc"] else "settings"
-    env = field.upper() if field in ("redis_url", "database_url") else f"QUEUEFLOW_{field.upper()}"
-    return f"{env}: {err['msg']}"
+    field = str(err["loc"][0]).lower() if err["loc"] else "settings"
+    return f"{env_name(field)}: {err['msg']}"
+
+
+def env_name(setting: str) -> str:
+    """The environment variable a setting is read from (the URLs are unprefixed)."""
+    unprefixed = ("redis_url", "database_url")
+    return setting.upper() if setting in unprefixed else f"QUEUEFLOW_{setting.upper()}"

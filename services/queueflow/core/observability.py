@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 import msgspec
@@ -61,6 +62,11 @@ WORKER_DEAD_LETTERED = Counter(
 WORKER_RETRIES = Counter(
     "queueflow_worker_retries_total",
     "Calls retried after a transient failure, by dependency (redis, postgres).",
+    ["dependency"],
+)
+WORKER_RETRYING = Gauge(
+    "queueflow_worker_retrying",
+    "1 while the worker is retrying a dependency (its log and /readyz say on what), else 0.",
     ["dependency"],
 )
 WORKER_RECLAIMED = Counter(
@@ -123,6 +129,7 @@ for _kind in ("max_deliveries", "undecodable", "rejected"):
     WORKER_DEAD_LETTERED.labels(_kind)
 for _dependency in ("redis", "postgres"):
     WORKER_RETRIES.labels(_dependency)
+    WORKER_RETRYING.labels(_dependency).set(0)
 
 
 def add_trace_ids(_logger: object, _method: str, event: dict) -> dict:
@@ -135,40 +142,83 @@ def add_trace_ids(_logger: object, _method: str, event: dict) -> dict:
 
 
 _line_encoder = msgspec.json.Encoder(enc_hook=repr)
+# JSON escapes C0 controls (ESC included); msgspec leaves DEL and C1 raw (json.dumps, used for
+# stdlib records, escapes all non-ASCII). They are escaped too, so no logged value (a request
+# path) can drive the terminal of someone reading the logs.
+_RAW_CONTROLS = re.compile(rb"\x7f|\xc2[\x80-\x9f]")  # DEL, and C1 in UTF-8
+
+
+def _escape_json_control(match: re.Match[bytes]) -> bytes:
+    return b"\\u%04x" % ord(match[0].decode())
 
 
 def _encode_line(event: dict, **_: object) -> bytes:
-    return _line_encoder.encode(event)
+    line = _line_encoder.encode(event)
+    if b"\x7f" in line or b"\xc2" in line:  # two memchr scans, then the rare regex
+        line = _RAW_CONTROLS.sub(_escape_json_control, line)
+    return line
+
+
+class _Escaped:
+    """A console value shown the way repr() shows a string: quoted, controls escaped."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, value: str) -> None:
+        self.text = repr(value)
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _escape(text: str, keep: str = "") -> str:
+    return "".join(c if c.isprintable() or c in keep else repr(c)[1:-1] for c in text)
+
+
+def escape_controls(_logger: object, _method: str, event: dict) -> dict:
+    """Console format: no control character (C0 with ESC, DEL, C1, or another unprintable one)
+    of a logged value reaches the terminal raw, so a request path holding `\\x1b[31m` or a line
+    break cannot drive it or forge a line. The renderer prints a plain string as it is."""
+    for key, value in event.items():
+        if key == "event":
+            text = value if isinstance(value, str) else str(value)
+            event[key] = text if text.isprintable() else _escape(text.rstrip("\n"))
+        elif key in ("exception", "stack"):  # tracebacks keep their line breaks
+            event[key] = _escape(value, keep="\n") if isinstance(value, str) else value
+        elif isinstance(value, str) and not value.isprintable():
+            event[key] = _Escaped(value)  # other types are rendered with repr() already
+    return event
 
 
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
-    """JSON lines to stdout (console rendering for a terminal); stdlib loggers go the same way."""
+    """JSON lines to stdout (console rendering for a terminal); stdlib loggers go the same way.
+
+    Exceptions are rendered with their frames but without local variables (those can hold
+    event data and credentials): as structlog's dict tracebacks in JSON, as the usual
+    traceback text in the console, for QueueFlow's own lines and for stdlib records alike.
+    """
     shared = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         add_trace_ids,
     ]
-    renderer = (
-        structlog.dev.ConsoleRenderer() if fmt == "console" else structlog.processors.JSONRenderer()
-    )
-    # QueueFlow's own lines (one per request) are encoded by msgspec straight to bytes:
-    # measured 24 -> 12 us a line against json.dumps through print().
-    fast_renderer = (
-        renderer if fmt == "console" else structlog.processors.JSONRenderer(_encode_line)
-    )
+    if fmt == "console":
+        # Plain tracebacks, formatted before escaping: rich's (the default when installed)
+        # show local variables and write their own escapes.
+        renderer = structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
+        foreign = [structlog.processors.format_exc_info, escape_controls, renderer]
+        own = [structlog.dev.set_exc_info, *foreign]
+    else:
+        exceptions = structlog.processors.ExceptionRenderer(
+            structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+        )
+        # QueueFlow's own lines (one per request) are encoded by msgspec straight to bytes:
+        # measured 24 -> 12 us a line against json.dumps through print().
+        own = [exceptions, structlog.processors.JSONRenderer(_encode_line)]
+        foreign = [exceptions, structlog.processors.JSONRenderer()]
     structlog.configure(
-        processors=[
-            *shared,
-            structlog.processors.StackInfoRenderer(),
-            # Tracebacks without local variables: those can hold event data and credentials.
-            structlog.processors.ExceptionRenderer(
-                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
-            )
-            if fmt == "json"
-            else structlog.dev.set_exc_info,
-            fast_renderer,
-        ],
+        processors=[*shared, structlog.processors.StackInfoRenderer(), *own],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(sys.stdout)
         if fmt == "console"
@@ -179,7 +229,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *foreign],
         )
     )
     root = logging.getLogger()

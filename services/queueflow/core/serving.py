@@ -10,6 +10,8 @@ from typing import Any
 
 import uvicorn
 
+from queueflow.core.config import Settings
+from queueflow.core.http_protocol import limited_protocol
 from queueflow.core.http_telemetry import HttpTelemetry, route_paths
 
 
@@ -22,15 +24,28 @@ class Server(uvicorn.Server):
 
 
 def make_server(
-    app: Any, host: str, port: int, *, access_log: bool = True, graceful_s: float = 10
+    app: Any,
+    host: str,
+    port: int,
+    settings: Settings | None = None,
+    *,
+    access_log: bool = True,
+    graceful_s: float = 10,
 ) -> Server:
-    """uvicorn serving `app` with HttpTelemetry around it (metrics, access log, spans)."""
+    """uvicorn serving `app` with HttpTelemetry around it (metrics, access log, spans), under
+    the settings' HTTP limits (the environment's, or the defaults, without `settings`)."""
+    settings = settings if settings is not None else Settings()
     config = uvicorn.Config(
         HttpTelemetry(app, route_paths(app), access_log=access_log),
         host=host,
         port=port,
         loop="none",
-        http="httptools",
+        http=limited_protocol(
+            max_header_bytes=settings.http_max_header_bytes,
+            header_timeout_s=settings.http_header_timeout_s,
+            body_timeout_s=settings.http_body_timeout_s,
+        ),
+        timeout_keep_alive=settings.http_keepalive_timeout_s,  # type: ignore[arg-type]
         lifespan="on",
         access_log=False,
         log_config=None,
