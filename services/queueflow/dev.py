@@ -16,50 +16,107 @@ import subprocess
 import sys
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
-from fastapi import FastAPI
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from pydantic import PostgresDsn, RedisDsn
+from starlette.routing import Match
 from starlette.types import Receive, Scope, Send
 
+from queueflow import __version__
 from queueflow.cli import migrate_command, run_async
 from queueflow.core.config import Settings
 from queueflow.core.http_telemetry import route_paths
+from queueflow.core.probes import add_probe_routes
+from queueflow.core.query_params import strict_app
 from queueflow.core.serving import make_server, serve_until, stop_on_signals
 from queueflow.embedded import die_with_parent, start_postgres, start_valkey
 from queueflow.ingest.app import IngestApp
 
-REPORTING_PATHS = ("/stats",)
+log = structlog.get_logger(__name__)
+
+
+async def _redis_check(request: Request) -> None:
+    await request.state.stream.ping()
+
+
+async def _postgres_check(request: Request) -> None:
+    await request.state.store.ping()
 
 
 class CombinedApp:
-    """Ingest and reporting behind one port: /stats goes to reporting, the rest to ingest.
+    """Ingest and reporting behind one port. The probes (/healthz, /readyz checking Redis and
+    PostgreSQL, /metrics) and the docs (/docs, /openapi.json holding both apps' paths) are
+    served here for both; a request any other reporting route matches goes to reporting (its
+    own route table decides, so new reporting routes need nothing here); the rest to ingest.
     Both lifespans run, and their states are merged (their keys do not overlap)."""
 
     def __init__(self, ingest: IngestApp, reporting: FastAPI) -> None:
         self.ingest, self.reporting = ingest, reporting
-        self.route_paths = ingest.route_paths | route_paths(reporting)
+        self.shared = strict_app(title="QueueFlow (ingest + reporting)", version=__version__)
+        add_probe_routes(self.shared, {"redis": _redis_check, "postgres": _postgres_check})
+        self.shared.openapi = self._openapi  # type: ignore[method-assign]
+        self.shared_paths = frozenset(route_paths(self.shared))
+        self.reporting_routes = [
+            route for route in reporting.router.routes if route.path not in self.shared_paths
+        ]
+        self.route_paths = ingest.route_paths | route_paths(reporting) | self.shared_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(scope, receive, send)
-        elif scope["path"] in REPORTING_PATHS:
+        elif scope["path"] in self.ingest.endpoints:  # the event routes: no table walk
+            await self.ingest(scope, receive, send)
+        elif scope["path"] in self.shared_paths:
+            await self.shared(scope, receive, send)
+        elif self._is_reporting(scope):
             await self.reporting(scope, receive, send)
         else:
             await self.ingest(scope, receive, send)
 
+    def _is_reporting(self, scope: Scope) -> bool:
+        # PARTIAL (the path matches, the method does not) stays with reporting: its 405.
+        return any(route.matches(scope)[0] is not Match.NONE for route in self.reporting_routes)
+
+    def _openapi(self) -> dict[str, Any]:
+        app = self.shared
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        for part in (self.ingest.api.openapi(), self.reporting.openapi()):
+            _merge(schema.setdefault("paths", {}), part.get("paths", {}), "paths")
+            components = schema.setdefault("components", {})
+            for section, entries in part.get("components", {}).items():
+                _merge(components.setdefault(section, {}), entries, f"components.{section}")
+        app.openapi_schema = schema
+        return schema
+
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         await receive()  # lifespan.startup
         async with AsyncExitStack() as stack:
-            try:
-                for app in (self.ingest.api, self.reporting):
+            for app in (self.ingest.api, self.reporting):
+                try:
                     state = await stack.enter_async_context(app.router.lifespan_context(app))
-                    scope["state"].update(state or {})
-            except Exception as exc:
-                await send({"type": "lifespan.startup.failed", "message": repr(exc)})
-                return
+                except Exception as exc:
+                    log.error("could not start", app=app.title, exc_info=exc)
+                    message = f"{app.title} could not start: {exc!r}"
+                    await send({"type": "lifespan.startup.failed", "message": message})
+                    return  # the stack stops whatever had started
+                scope["state"].update(state or {})
             await send({"type": "lifespan.startup.complete"})
             await receive()  # lifespan.shutdown
         await send({"type": "lifespan.shutdown.complete"})
+
+
+def _merge(into: dict[str, Any], entries: dict[str, Any], where: str) -> None:
+    """Add `entries` to `into`; a name both define must be defined the same (the probes and
+    FastAPI's validation-error schemas are), else the combined document would be wrong."""
+    for name, entry in entries.items():
+        if name in into and into[name] != entry:
+            raise ValueError(f"ingest and reporting define {where}.{name} differently")
+        into[name] = entry
 
 
 def run_dev(settings: Settings, *, host: str, port: int, data_dir: Path, fresh: bool) -> int:
@@ -89,7 +146,7 @@ async def _serve(settings: Settings, host: str, port: int) -> int:
     from queueflow.reporting.app import create_app as create_reporting
 
     app = CombinedApp(create_ingest(settings), create_reporting(settings))
-    server = make_server(app, host, port, access_log=settings.access_log)
+    server = make_server(app, host, port, settings, access_log=settings.access_log)
     await serve_until(server, stop_on_signals())
     return 0
 

@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
+from fastapi import FastAPI
+from pydantic import PostgresDsn
 
+from queueflow import dev
 from queueflow.core.config import Settings
+from queueflow.dev import CombinedApp
 from queueflow.embedded import free_port
-from tests.helpers import event, service_env
+from queueflow.ingest.app import create_app as create_ingest
+from queueflow.reporting.app import create_app as create_reporting
+from tests.helpers import event, serve, service_env
 
 URL_VARS = ("REDIS_URL", "DATABASE_URL")
 
@@ -114,3 +126,96 @@ def test_dev_uses_the_servers_it_is_given(tmp_path: Path, settings: Settings) ->
     finally:
         stop(proc)
     assert not data_dir.exists()
+
+
+@contextlib.asynccontextmanager
+async def dev_port(
+    settings: Settings, reporting: FastAPI | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The dev port's app (CombinedApp) in-process, on a real loopback port."""
+    app = CombinedApp(create_ingest(settings), reporting or create_reporting(settings))
+    async with serve(app) as client:
+        yield client
+
+
+async def test_dev_port_readyz_checks_redis_and_postgres(settings: Settings) -> None:
+    async with dev_port(settings) as client:
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json() == {"status": "ready", "checks": {"redis": "ok", "postgres": "ok"}}
+        assert (await client.get("/readyz?verbose=1")).status_code == 422
+
+
+async def test_dev_port_is_not_ready_without_postgres(settings: Settings) -> None:
+    closed = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"
+    settings = settings.model_copy(
+        update={"database_url": PostgresDsn(closed), "auto_migrate": False}
+    )
+    async with dev_port(settings) as client:
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503
+        checks = ready.json()["checks"]
+        assert checks["redis"] == "ok" and checks["postgres"].startswith("unavailable")
+        stats = await client.get("/stats", params={"site_id": "s"})
+        assert stats.status_code == 503  # reporting is reached, and says why
+
+
+async def test_dev_port_documents_both_apps(settings: Settings) -> None:
+    async with dev_port(settings) as client:
+        document = (await client.get("/openapi.json")).json()
+        assert {"/stats", "/event", "/events", "/healthz", "/readyz", "/metrics"} <= set(
+            document["paths"]
+        )
+        assert {"Event", "DailyStatsResponse"} <= set(document["components"]["schemas"])
+        assert (await client.get("/docs")).status_code == 200
+
+
+async def test_dev_port_routes_by_the_reporting_apps_own_table(settings: Settings) -> None:
+    reporting = create_reporting(settings)
+
+    @reporting.get("/stats/later")  # a route dev.py has never heard of
+    async def later(site_id: str) -> dict[str, str]:
+        return {"site_id": site_id}
+
+    async with dev_port(settings, reporting) as client:
+        assert (await client.get("/stats/later?site_id=s")).json() == {"site_id": "s"}
+        assert (await client.get("/stats/later?site_id=s&x=1")).status_code == 422
+        assert (await client.get("/stats?site_id=s")).status_code == 200
+        assert (await client.post("/stats")).status_code == 405  # reporting's answer
+        assert (await client.post("/event", json=event(site_id="s"))).status_code == 202
+        slash = await client.get("/stats/?site_id=s", headers={"host": "evil.example"})
+        assert slash.status_code == 404 and "location" not in slash.headers
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.errors: list[tuple[str, dict[str, Any]]] = []
+
+    def error(self, message: str, **fields: Any) -> None:
+        self.errors.append((message, fields))
+
+
+async def test_a_failed_start_is_reported_with_its_traceback(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    @asynccontextmanager
+    async def broken(app: FastAPI) -> AsyncIterator[None]:
+        raise RuntimeError("reporting cannot start")
+        yield
+
+    log = Recorder()
+    monkeypatch.setattr(dev, "log", log)
+    app = CombinedApp(create_ingest(settings), FastAPI(title="broken", lifespan=broken))
+    incoming: asyncio.Queue[dict] = asyncio.Queue()
+    await incoming.put({"type": "lifespan.startup"})
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    await asyncio.wait_for(app({"type": "lifespan", "state": {}}, incoming.get, send), 10)
+    assert [m["type"] for m in sent] == ["lifespan.startup.failed"]
+    assert "reporting cannot start" in sent[0]["message"]
+    [(_, fields)] = log.errors
+    assert fields["app"] == "broken"
+    assert isinstance(fields["exc_info"], RuntimeError) and fields["exc_info"].__traceback__

@@ -1,4 +1,5 @@
-"""The reporting service: GET /stats answers a site's daily totals from the aggregate tables."""
+"""The reporting service: GET /stats answers a site's daily totals from the aggregate tables.
+Query strings are read exactly (core/query_params.py)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,15 @@ from typing import Annotated, Any
 import asyncpg
 import structlog
 from fastapi import FastAPI, Query, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import AfterValidator, BaseModel
+from pydantic_core import PydanticCustomError
 
 from queueflow import __version__
 from queueflow.core.config import Settings
 from queueflow.core.migrations import apply_migrations
 from queueflow.core.probes import add_probe_routes
+from queueflow.core.query_params import strict_app
 from queueflow.core.store import EventStore, create_pool
 
 log = structlog.get_logger(__name__)
@@ -36,27 +38,26 @@ class DailyStatsResponse(BaseModel):
     top_paths: list[PathViews]
 
 
-SiteIdQuery = Annotated[str, Query(min_length=1, max_length=256, description="The site")]
-DateQuery = Annotated[
-    str | None, Query(pattern=r"^\d{4}-\d{2}-\d{2}$", description="UTC day, YYYY-MM-DD [today]")
+MAX_SITE_ID_BYTES = 256  # as ingest accepts: a longer site_id can never have data
+
+
+def _site_id_bytes(value: str) -> str:
+    if len(value.encode()) > MAX_SITE_ID_BYTES:
+        raise PydanticCustomError(
+            "string_too_long",
+            "String should have at most {max_bytes} bytes in UTF-8",
+            {"max_bytes": MAX_SITE_ID_BYTES},
+        )
+    return value
+
+
+SiteIdQuery = Annotated[
+    str,
+    Query(min_length=1, max_length=MAX_SITE_ID_BYTES, description="The site"),
+    AfterValidator(_site_id_bytes),
 ]
+DateQuery = Annotated[date | None, Query(description="UTC day, YYYY-MM-DD [today]")]
 LimitQuery = Annotated[int, Query(ge=1, le=1000, description="How many top paths")]
-
-
-def _parse_day(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError as exc:
-        raise RequestValidationError(
-            [
-                {
-                    "type": "date_from_datetime_parsing",
-                    "loc": ("query", "date"),
-                    "msg": f"Input should be a valid date: {exc}",
-                    "input": text,
-                }
-            ]
-        ) from None
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -76,7 +77,7 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             await pool.close()
 
-    app = FastAPI(title="QueueFlow reporting", version=__version__, lifespan=lifespan)
+    app = strict_app(title="QueueFlow reporting", version=__version__, lifespan=lifespan)
 
     @app.exception_handler(OSError)
     @app.exception_handler(TimeoutError)
@@ -96,7 +97,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def stats(
         request: Request, site_id: SiteIdQuery, date: DateQuery = None, limit: LimitQuery = 10
     ) -> DailyStatsResponse:
-        day = _parse_day(date) if date else datetime.now(UTC).date()
+        day = date or datetime.now(UTC).date()
         found = await request.state.store.daily_stats(site_id, day, limit)
         return DailyStatsResponse(
             site_id=site_id,
