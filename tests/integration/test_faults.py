@@ -5,6 +5,7 @@ exact totals and `queueflow verify`."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 import redis
@@ -330,3 +332,46 @@ def test_a_worker_starts_and_reports_a_database_that_is_down(started, env) -> No
     stopping = time.monotonic()
     assert worker.stop() == 0
     assert time.monotonic() - stopping < 5  # no waiting out the shutdown timeout
+
+
+def test_a_worker_whose_batches_the_database_refuses_says_so_in_readyz(
+    started, env, settings
+) -> None:
+    """PostgreSQL answers pings but refuses every batch (as a role without INSERT would):
+    /readyz and the retrying gauge say what the worker retries on, and nothing is lost."""
+    refuse_all = """
+        CREATE FUNCTION refuse_all() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION 'permission denied for table events' USING ERRCODE = '42501';
+        END $$;
+        CREATE TRIGGER refuse_all BEFORE INSERT ON events
+            FOR EACH STATEMENT EXECUTE FUNCTION refuse_all();
+    """
+    psql(settings, refuse_all)
+    ingest = start(started, "ingest", env)
+    worker = start(started, "worker", env)
+    events = workload(50)
+    send(ingest.url, events)
+    deadline = time.monotonic() + 20
+    while (ready := httpx.get(f"{worker.url}/readyz")).status_code == 200:
+        assert time.monotonic() < deadline, "never said it was retrying"
+        time.sleep(0.1)
+    checks = ready.json()["checks"]
+    assert checks["postgres"] == "ok" and checks["redis"] == "ok"
+    assert checks["consumer"].startswith("unavailable: retrying postgres: SQLSTATE 42501")
+    assert worker.metric('queueflow_worker_retrying{dependency="postgres"}') == 1
+    psql(settings, "DROP TRIGGER refuse_all ON events")
+    wait_until_exact(settings.database_dsn(), events)
+    assert httpx.get(f"{worker.url}/readyz").status_code == 200
+    assert worker.metric('queueflow_worker_retrying{dependency="postgres"}') == 0
+    assert worker.metric('queueflow_worker_events_dead_lettered_total{reason="rejected"}') == 0
+
+
+def psql(settings: Settings, sql: str) -> None:
+    async def run() -> None:
+        conn = await asyncpg.connect(settings.database_dsn())
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())

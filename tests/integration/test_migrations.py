@@ -128,3 +128,49 @@ async def _applied_versions(url: str) -> list[str]:
         return [r[0] for r in await conn.fetch("SELECT version FROM schema_migrations")]
     finally:
         await conn.close()
+
+
+async def test_ids_per_site_migration_keeps_every_event_and_count(
+    empty_database: str, tmp_path: Path
+) -> None:
+    """0003 moves the events key from event_id to (site_id, event_id) on a populated
+    database: nothing stored is lost or recounted, and afterwards ids are per site."""
+    from queueflow.core.store import SAVE_BATCH, EventStore, batch_document, create_pool
+    from tests.helpers import payload
+
+    before = tmp_path / "before"
+    before.mkdir()
+    for m in sorted(default_migrations_dir().glob("000[12]_*.sql")):
+        shutil.copy(m, before / m.name)
+    await migrate(empty_database, before)
+    pool = await create_pool(empty_database, max_size=2)
+    store = EventStore(pool)
+    try:
+        rows = [
+            b'{"received_ms":1,' + payload(site_id=f"s{i % 3}", event_id=f"e{i}")[1:]
+            for i in range(300)
+        ]
+        conn = await asyncpg.connect(empty_database)
+        # The batch statement as it was before 0003, when event_id alone was the key.
+        before_0003 = SAVE_BATCH.replace("(site_id, event_id) DO", "(event_id) DO")
+        assert await conn.fetchval(before_0003, batch_document(rows)) == 300
+        snapshot = "SELECT * FROM {} ORDER BY 1, 2, 3"
+        tables = ("events", "daily_site_stats", "daily_site_path_counts", "daily_site_users")
+        old = {t: [dict(r) for r in await conn.fetch(snapshot.format(t))] for t in tables}
+        assert await migrate(empty_database, default_migrations_dir()) == ["0003"]
+        new = {t: [dict(r) for r in await conn.fetch(snapshot.format(t))] for t in tables}
+        assert new == old
+        key = await conn.fetchval(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'events_pkey'"
+        )
+        assert key == "PRIMARY KEY (site_id, event_id)"
+        # Site s9 reusing s0's id e0 is a new event; s0 resending it is a duplicate.
+        again = [
+            b'{"received_ms":2,' + payload(site_id="s9", event_id="e0")[1:],
+            b'{"received_ms":2,' + payload(site_id="s0", event_id="e0")[1:],
+        ]
+        assert await store.save_batch(again) == 1
+        assert await conn.fetchval("SELECT count(*) FROM events WHERE event_id = 'e0'") == 2
+        await conn.close()
+    finally:
+        await pool.close()

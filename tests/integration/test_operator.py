@@ -66,7 +66,7 @@ async def test_dead_letters_are_listed_shown_replayed_once_and_purged(
     await stream.ensure_group()
     good = payload(event_id="kept-1")
     await redis_client.xadd(settings.stream, {EVENT_FIELD: good})
-    (entry,) = await stream.read("w", count=1, block_ms=100)
+    (entry,) = await stream.read_new("w", count=1, block_ms=100)
     await stream.dead_letter(entry, "rejected by database: test", 1)
     await redis_client.xadd(settings.dead_letter_stream, {b"junk": b"x", b"reason": b"undecodable"})
 

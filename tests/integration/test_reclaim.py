@@ -21,7 +21,7 @@ async def test_entries_of_a_dead_consumer_are_reclaimed_and_counted_once(parts, 
     stream, store = parts
     await stream.ensure_group()
     await stream.add([payload(event_id=f"d{i}", user_id=f"u{i}") for i in range(30)])
-    taken = await stream.read("dead-pod", count=30, block_ms=100)  # then it dies
+    taken = await stream.read_new("dead-pod", count=30, block_ms=100)  # then it dies
     assert len(taken) == 30
     survivor = Consumer(stream, store, quick(settings, consumer="live-pod"))
     async with running(survivor):
@@ -34,7 +34,7 @@ async def test_the_reclaim_cursor_walks_the_whole_pending_list_in_pages(parts, s
     stream, _ = parts
     await stream.ensure_group()
     await stream.add([payload(event_id=f"c{i}") for i in range(25)])
-    await stream.read("gone", count=25, block_ms=100)
+    await stream.read_new("gone", count=25, block_ms=100)
     await asyncio.sleep(0.05)
     reclaimer = Reclaimer(stream, "me", min_idle_ms=10, page_size=10, interval_s=60)
     pages = []
@@ -49,7 +49,7 @@ async def test_an_entry_delivered_too_often_is_dead_lettered(parts, settings, db
     await stream.ensure_group()
     await stream.add([payload(event_id="crasher")])
     for _ in range(3):  # three consumers take it and die
-        await stream.read("a", count=1, block_ms=100, pending=False)
+        await stream.read_new("a", count=1, block_ms=100)
         await redis_client.xclaim(settings.stream, settings.group, "b", 0, [await _oldest(stream)])
     survivor = Consumer(stream, store, quick(settings, max_deliveries=2, consumer="c"))
     async with running(survivor):
@@ -66,7 +66,7 @@ async def test_trimming_removes_only_processed_entries(parts, settings, redis_cl
     stream, _ = parts
     await stream.ensure_group()
     ids = [await redis_client.xadd(settings.stream, {EVENT_FIELD: payload()}) for _ in range(10)]
-    delivered = await stream.read("w", count=6, block_ms=100)  # 6 delivered, 4 undelivered
+    delivered = await stream.read_new("w", count=6, block_ms=100)  # 6 delivered, 4 undelivered
     await stream.ack([e.id for e in delivered[:3]])  # 3 acked, 3 pending
     assert await stream.trim_processed() == 3
     remaining = [entry_id for entry_id, _ in await redis_client.xrange(settings.stream)]
@@ -82,7 +82,7 @@ async def test_trimming_respects_every_group(parts, settings, redis_client) -> N
     await redis_client.xgroup_create(settings.stream, "slow-group", id="0")
     for _ in range(5):
         await redis_client.xadd(settings.stream, {EVENT_FIELD: payload()})
-    await stream.ack([e.id for e in await stream.read("w", count=5, block_ms=100)])
+    await stream.ack([e.id for e in await stream.read_new("w", count=5, block_ms=100)])
     assert await stream.trim_processed() == 0  # the other group has read nothing yet
     assert await redis_client.xlen(settings.stream) == 5
 
@@ -97,11 +97,9 @@ async def test_only_idle_consumers_with_nothing_pending_are_deleted(parts, setti
     stream, _ = parts
     await stream.ensure_group()
     await stream.add([payload(), payload()])
-    await stream.read("holds-one", count=1, block_ms=100)
-    await stream.read("idle-empty", count=10, block_ms=100)
-    await stream.ack(
-        [e.id for e in await stream.read("idle-empty", count=10, block_ms=100, pending=True)]
-    )
+    await stream.read_new("holds-one", count=1, block_ms=100)
+    await stream.read_new("idle-empty", count=10, block_ms=100)
+    await stream.ack([e.id for e in await stream.read_own_pending("idle-empty", count=10)])
     await stream.client.xgroup_createconsumer(settings.stream, settings.group, "me")
     await asyncio.sleep(0.3)
     assert await stream.delete_idle_consumers(idle_ms=200, keep="me") == ["idle-empty"]

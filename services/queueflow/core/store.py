@@ -19,9 +19,9 @@ from queueflow.core import tracing
 
 log = structlog.get_logger(__name__)
 
-# One statement, so one transaction: insert raw rows deduplicated on event_id, then fold only
-# the rows actually inserted into the aggregates. Every write is ordered by its key so that
-# concurrent workers take row locks in the same order and cannot deadlock each other.
+# One statement, so one transaction: insert raw rows deduplicated on (site_id, event_id), then
+# fold only the rows actually inserted into the aggregates. Every write is ordered by its key
+# so that concurrent workers take row locks in the same order and cannot deadlock each other.
 # The batch arrives as one JSON array of the events as the stream holds them (see
 # stored_event): PostgreSQL reads it faster than asyncpg encodes nine arrays of Python values,
 # and the worker builds no row objects (bench/README.md, "Findings").
@@ -39,8 +39,8 @@ inserted AS (
                         received_at, referrer, properties)
     SELECT event_id, site_id, event_type, path, user_id, occurred_at, received_at,
            referrer, properties
-    FROM batch ORDER BY event_id
-    ON CONFLICT (event_id) DO NOTHING
+    FROM batch ORDER BY site_id, event_id
+    ON CONFLICT (site_id, event_id) DO NOTHING
     RETURNING site_id, date, event_type, path, user_id
 ),
 new_users AS (

@@ -18,6 +18,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
+from queueflow.core.coalescer import Coalescer
 from queueflow.core.config import Settings
 from queueflow.core.errors import StreamUnavailable
 
@@ -47,11 +48,6 @@ for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
 end
 return deleted
 """
-
-
-# Round trips in flight at once: with one, ingest and Redis take turns (each idle while the
-# other works); with two, Redis runs one group while ingest decodes the next.
-MAX_FLUSHES_IN_FLIGHT = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,44 +138,21 @@ class EventStream:
         self.key = self.name.encode()
         # Every untraced XADD of this stream starts with these bytes; only the event differs.
         self._xadd_head = _bulk(b"XADD", self.key, b"*", EVENT_FIELD)
-        self._queue: list[tuple[Sequence[bytes], bytes | None, asyncio.Future[None]]] = []
-        self._flushers: set[asyncio.Task[None]] = set()
+        self._appends = Coalescer(
+            self._append, cancelled=lambda: StreamUnavailable("the append was cancelled")
+        )
         self._delete_idle_consumers = client.register_script(DELETE_IDLE_CONSUMERS)
 
     async def add(self, payloads: Sequence[bytes], traceparent: bytes | None = None) -> None:
         """Append events, each with the request's trace context if traced; all of them land
-        or none do (StreamUnavailable).
+        or none do (StreamUnavailable). Concurrent requests' appends are coalesced into
+        shared round trips (core/coalescer.py)."""
+        await self._appends.submit((payloads, traceparent))
 
-        Appends from concurrent requests are coalesced: while one round trip is in flight,
-        the next requests queue up and go together in the following one (group commit), so
-        under load each request costs a fraction of a Redis call instead of a whole one."""
-        future = asyncio.get_running_loop().create_future()
-        self._queue.append((payloads, traceparent, future))
-        if len(self._flushers) < MAX_FLUSHES_IN_FLIGHT:
-            flusher = asyncio.create_task(self._flush())
-            self._flushers.add(flusher)
-            flusher.add_done_callback(self._flushers.discard)
-        await future
-
-    async def _flush(self) -> None:
-        failure: StreamUnavailable | None = None
-        while self._queue:
-            group, self._queue = self._queue, []
-            if failure is None:
-                failure = await self._append(group)
-            # After a failure, requests queued behind it fail at once rather than wait for
-            # their own timeout: a client gets its 503 within one Redis timeout.
-            for _, _, future in group:
-                if not future.done():
-                    if failure is None:
-                        future.set_result(None)
-                    else:
-                        future.set_exception(failure)
-
-    async def _append(self, group: list[tuple]) -> StreamUnavailable | None:
+    async def _append(self, group: list[tuple[Sequence[bytes], bytes | None]]) -> None:
         commands = [
             self._xadd(payload, traceparent)
-            for payloads, traceparent, _ in group
+            for payloads, traceparent in group
             for payload in payloads
         ]
         try:
@@ -188,8 +161,7 @@ class EventStream:
             else:
                 await self._transaction(commands)
         except (RedisError, OSError, TimeoutError) as exc:
-            return StreamUnavailable(str(exc) or type(exc).__name__)
-        return None
+            raise StreamUnavailable(str(exc) or type(exc).__name__) from exc
 
     def _xadd(self, payload: bytes, traceparent: bytes | None) -> bytes:
         if traceparent:
@@ -242,23 +214,37 @@ class EventStream:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    async def read(
-        self, consumer: str, *, count: int, block_ms: int | None, pending: bool = False
+    async def read_new(self, consumer: str, *, count: int, block_ms: int | None) -> list[Entry]:
+        """Entries never delivered to the group before, now delivered to this consumer."""
+        return await self._read_group(consumer, count, block_ms, b">")
+
+    async def read_own_pending(self, consumer: str, *, count: int) -> list[Entry]:
+        """Entries delivered to this consumer and not acknowledged: what a previous life of
+        this consumer name, or a read whose reply was lost, left in hand."""
+        return await self._read_group(consumer, count, None, b"0")
+
+    async def _read_group(
+        self, consumer: str, count: int, block_ms: int | None, start: bytes
     ) -> list[Entry]:
-        """New entries for this consumer, or (pending=True) those delivered to it but not acked.
-        Packed and parsed here like appends: redis-py's reply parsing in Python cost the
-        worker more than decoding the events."""
+        # Packed and parsed here like appends: redis-py's reply parsing in Python cost the
+        # worker more than decoding the events.
         args = [b"XREADGROUP", b"GROUP", self.group.encode(), consumer.encode()]
         args += [b"COUNT", b"%d" % count]
-        if not pending and block_ms is not None:
+        if block_ms is not None:
             args += [b"BLOCK", b"%d" % block_ms]
-        reply = await self._send(_command(*args, b"STREAMS", self.key, b"0" if pending else b">"))
+        reply = await self._send(_command(*args, b"STREAMS", self.key, start))
         if not reply:
             return []  # nil: nothing arrived within block_ms
         # RESP2 answers [[stream, entries]], RESP3 (?protocol=3 in the URL) {stream: entries}.
         (entries,) = reply.values() if isinstance(reply, dict) else (e for _, e in reply)
         # A pending entry that was trimmed away comes back with no fields.
         return [Entry(entry_id, _pairs(fields)) for entry_id, fields in entries]
+
+    async def pending_count(self, consumer: str) -> int:
+        """How many entries this consumer holds unacknowledged."""
+        summary = await self.client.xpending(self.name, self.group)
+        held = {c["name"]: c["pending"] for c in summary.get("consumers") or ()}
+        return int(held.get(consumer.encode(), 0))
 
     async def ack(self, ids: Sequence[bytes]) -> None:
         if ids:

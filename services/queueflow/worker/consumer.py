@@ -2,8 +2,13 @@
 
 One loop per worker: first the entries this consumer name left pending in a previous life,
 then, in turn, a page of entries reclaimed from dead consumers (when a reclaim pass is due),
-housekeeping (when due) and a blocking read of new entries. Running these one after another
-keeps at most one batch in hand, which is what shutdown finishes and acknowledges.
+housekeeping (when due) and a blocking read of new entries. New batches are pipelined: while
+one commits, the next is read and decoded, and a reclaimed page may commit beside them. That
+is safe because every statement writes its rows in key order, so this worker's concurrent
+transactions can no more deadlock each other than two workers' can, and each batch is
+acknowledged only after its own commit. At a stop the worker commits and acknowledges what
+it holds, re-reading its own pending entries (a read whose reply was lost leaves some), and
+says how many it had to leave pending when a dependency was down.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import msgspec
 import structlog
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind
+from redis.exceptions import RedisError
 
 from queueflow.core import observability as obs
 from queueflow.core import tracing
@@ -50,6 +56,7 @@ class Consumer:
         self.store = store
         self.settings = settings
         self.name = settings.consumer
+        self.own_pending_unread = False  # a read failed: entries may be ours, unseen
         self.retry = Retrying(asyncio.Event())  # run() binds it to the real stop event
         self.reclaimer = Reclaimer(
             stream,
@@ -65,39 +72,71 @@ class Consumer:
             consumer_idle_ms=settings.consumer_idle_delete_ms,
         )
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Consume until `stop` is set. The batch in hand is finished and acknowledged; only if
-        a dependency is down at that moment does it stay pending, for a reclaim."""
+    async def run(self, stop: asyncio.Event) -> int | None:
+        """Consume until `stop` is set, then finish what this consumer holds. Returns how many
+        entries it leaves pending (None when Redis could not tell)."""
         self.retry = Retrying(stop, regroup=self.stream.ensure_group)
         try:
             await self._consume(stop)
         except Stopping as exc:
+            log.warning("stopping while a dependency fails", reason=str(exc))
+        try:
+            # One more try even after a failure: a read whose reply was lost at the stop left
+            # entries with this consumer while Redis and PostgreSQL may be fine.
+            await self._finish_own_pending()
+        except Stopping as exc:
+            left = await self.pending_left()
             log.warning(
                 "stopped while a dependency was down; unacknowledged entries stay "
                 "pending for another worker to reclaim",
                 reason=str(exc),
+                pending_left=left,
             )
+            return left
+        return 0
+
+    async def pending_left(self) -> int | None:
+        """Entries this consumer still holds, asked of Redis once, briefly."""
+        try:
+            async with asyncio.timeout(self.settings.redis_timeout_s):
+                return await self.stream.pending_count(self.name)
+        except (RedisError, OSError, TimeoutError):
+            return None
+
+    async def _finish_own_pending(self) -> None:
+        while entries := await self.retry.redis(self._read_own_pending):
+            await self.process(entries, redelivered=True)
+
+    async def _read_own_pending(self) -> list[Entry]:
+        return await self.stream.read_own_pending(self.name, count=self.settings.batch_size)
+
+    async def _read_new(self) -> list[Entry]:
+        try:
+            return await self.stream.read_new(
+                self.name, count=self.settings.batch_size, block_ms=self.settings.block_ms
+            )
+        except BaseException:
+            # Redis may have delivered entries whose reply never arrived: they are this
+            # consumer's now, so take them back before reading further.
+            self.own_pending_unread = True
+            raise
 
     async def _consume(self, stop: asyncio.Event) -> None:
         if self.settings.auto_migrate:
             await self.retry.postgres(partial(apply_migrations, self.settings, attempts=1))
         await self.retry.redis(self.stream.ensure_group)
-        read_pending = partial(
-            self.stream.read, self.name, count=self.settings.batch_size, block_ms=None, pending=True
-        )
-        while not stop.is_set() and (entries := await self.retry.redis(read_pending)):
+        while not stop.is_set() and (entries := await self.retry.redis(self._read_own_pending)):
             await self.process(entries, redelivered=True)
-        read_new = partial(
-            self.stream.read,
-            self.name,
-            count=self.settings.batch_size,
-            block_ms=self.settings.block_ms,
-        )
-        # New batches are pipelined: while batch N commits (and is then acknowledged), batch
-        # N+1 is read and decoded. Each batch is still acked only after its own commit.
         committing: asyncio.Task[int] | None = None
         try:
             while not stop.is_set():
+                if self.own_pending_unread:
+                    self.own_pending_unread = False
+                    if committing is not None:
+                        await committing  # its entries are pending too until acknowledged
+                        committing = None
+                    await self._finish_own_pending()
+                    continue
                 if self.reclaimer.due():
                     reclaimed = await self.retry.redis(self.reclaimer.next_page)
                     if reclaimed:
@@ -106,7 +145,7 @@ class Consumer:
                         continue
                 if self.housekeeping.due():
                     await self.retry.redis(self.housekeeping.run)
-                entries = await self.retry.redis(read_new)
+                entries = await self.retry.redis(self._read_new)
                 if entries:
                     batch = await self.prepare(entries)
                     if committing is not None:
@@ -192,14 +231,25 @@ class Consumer:
             },
         )
 
-    async def _save(self, batch: list[tuple[Entry, bytes]], deliveries: dict[bytes, int]) -> int:
-        """Commit the batch; a row PostgreSQL rejects for its data is isolated by halving the
-        batch and dead-lettered, so it never holds back the good rows beside it."""
+    async def _save(
+        self,
+        batch: list[tuple[Entry, bytes]],
+        deliveries: dict[bytes, int],
+        refused: frozenset[str] = frozenset(),
+    ) -> int:
+        """Commit the batch. Rows PostgreSQL refuses (a data error, or an error that persists
+        while the same statement without rows succeeds) are isolated by halving the batch and
+        dead-lettered with their SQLSTATE, so they never hold back the good rows beside them
+        nor stall the worker."""
         if not batch:
             return 0
         try:
             rows = [row for _, row in batch]
-            return await self.retry.postgres(partial(self.store.save_batch, rows))
+            return await self.retry.postgres(
+                partial(self.store.save_batch, rows),
+                probe=partial(self.store.save_batch, []),
+                refused=refused,
+            )
         except DataRejected as exc:
             if len(batch) == 1:
                 entry = batch[0][0]
@@ -207,9 +257,10 @@ class Consumer:
                     entry, "rejected", f"rejected by database: {exc}", deliveries.get(entry.id, 1)
                 )
                 return 0
+            refused = refused | {exc.sqlstate}
             half = len(batch) // 2
-            return await self._save(batch[:half], deliveries) + await self._save(
-                batch[half:], deliveries
+            return await self._save(batch[:half], deliveries, refused) + await self._save(
+                batch[half:], deliveries, refused
             )
 
     async def _dead_letter(self, entry: Entry, kind: str, reason: str, deliveries: int) -> None:

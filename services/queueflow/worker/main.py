@@ -12,7 +12,8 @@ from fastapi import FastAPI, Request
 
 from queueflow import __version__
 from queueflow.core.config import Settings
-from queueflow.core.probes import add_probe_routes
+from queueflow.core.probes import NotReady, add_probe_routes
+from queueflow.core.query_params import strict_app
 from queueflow.core.serving import make_server, stop_on_signals
 from queueflow.core.store import EventStore, create_pool
 from queueflow.core.stream import EventStream, connect
@@ -22,12 +23,12 @@ from queueflow.worker.stream_metrics import export_stream_metrics
 log = structlog.get_logger(__name__)
 
 
-def create_ops_app(stream: EventStream, store: EventStore) -> FastAPI:
+def create_ops_app(stream: EventStream, store: EventStore, consumer: Consumer) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         yield {"stream": stream, "store": store}
 
-    app = FastAPI(title="QueueFlow worker", version=__version__, lifespan=lifespan)
+    app = strict_app(title="QueueFlow worker", version=__version__, lifespan=lifespan)
 
     async def redis_check(request: Request) -> None:
         await request.state.stream.ping()
@@ -35,7 +36,16 @@ def create_ops_app(stream: EventStream, store: EventStore) -> FastAPI:
     async def database_check(request: Request) -> None:
         await request.state.store.ping()
 
-    add_probe_routes(app, {"redis": redis_check, "postgres": database_check})
+    async def consumer_check(request: Request) -> None:
+        # Dependencies can answer a ping while every batch is refused (permissions, a
+        # schema not migrated): the consumer's own retrying says so.
+        if problems := consumer.retry.problems():
+            retrying = "; ".join(f"{what}: {cause}" for what, cause in problems.items())
+            raise NotReady(f"retrying {retrying}")
+
+    add_probe_routes(
+        app, {"redis": redis_check, "postgres": database_check, "consumer": consumer_check}
+    )
     return app
 
 
@@ -46,11 +56,14 @@ async def run_worker(settings: Settings, host: str, port: int) -> int:
     client = connect(
         settings.redis_dsn(), timeout_s=settings.block_ms / 1000 + settings.redis_timeout_s
     )
-    pool = await create_pool(settings.database_dsn(), max_size=2)
+    # Pipelined batches and a reclaimed page may commit at once: the pool needs two at least.
+    pool = await create_pool(settings.database_dsn(), max_size=max(2, settings.db_pool_size))
     stream, store = EventStream(client, settings), EventStore(pool)
-    server = make_server(create_ops_app(stream, store), host, port, access_log=settings.access_log)
+    consumer = Consumer(stream, store, settings)
+    ops = create_ops_app(stream, store, consumer)
+    server = make_server(ops, host, port, settings, access_log=settings.access_log)
     serving = asyncio.create_task(server.serve())
-    consuming = asyncio.create_task(Consumer(stream, store, settings).run(stop))
+    consuming = asyncio.create_task(consumer.run(stop))
     exporting = asyncio.create_task(
         export_stream_metrics(stream, settings.stream_metrics_interval_ms / 1000, stop)
     )
@@ -66,16 +79,18 @@ async def run_worker(settings: Settings, host: str, port: int) -> int:
     stop.set()
     code = 0
     try:
-        await asyncio.wait_for(consuming, settings.shutdown_timeout)
+        pending_left = await asyncio.wait_for(consuming, settings.shutdown_timeout)
     except TimeoutError:
         # Unacknowledged entries stay pending and another worker reclaims them.
         log.error(
             "shutdown timed out; the batch in hand stays pending",
             timeout_s=settings.shutdown_timeout,
         )
+        pending_left = await consumer.pending_left()
         code = 1
     server.should_exit = True
     await asyncio.gather(serving, exporting)
     await asyncio.gather(pool.close(), client.aclose())
-    log.info("worker stopped", exit_code=code)
+    # The last line says what a reclaim will have to pick up (null: Redis could not tell).
+    log.info("worker stopped", exit_code=code, pending_left=pending_left)
     return code
