@@ -42,9 +42,10 @@ chart-test: venv ## The Helm chart, offline: lint, render, validate, and run its
 e2e: venv ## On a machine with Docker and kind: build, install the chart in kind, kill a worker
 	$(BIN)/python -m pytest tests/e2e -m e2e $(PYTEST_ARGS)
 
-lint: venv ## ruff check and format check
+lint: venv ## ruff check, format check and mypy over services/
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: venv ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .

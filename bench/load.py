@@ -113,10 +113,11 @@ def http(url: str, kind: str, seconds: float, connections: int = CONNECTIONS) ->
 def http_split(urls: list[str], kind: str, seconds: float) -> dict:
     """The same CONNECTIONS spread over several servers at once: their summed requests/s and
     the worst p50/p99 (how two ingest processes compare with one under the same load)."""
+    each = CONNECTIONS // len(urls)
     with ThreadPoolExecutor(len(urls)) as pool:
-        runs = list(pool.map(lambda url: http(url, kind, seconds, CONNECTIONS // len(urls)), urls))
+        runs = list(pool.map(lambda url: http(url, kind, seconds, each), urls))
     return {
-        "tool": runs[0]["tool"],
+        "tool": f"{runs[0]['tool']} on each of {len(urls)} servers",
         "requests_per_s": sum(r["requests_per_s"] for r in runs),
         "p50_ms": max(r["p50_ms"] for r in runs),
         "p99_ms": max(r["p99_ms"] for r in runs),
@@ -129,19 +130,17 @@ def _wrk(url: str, payload: bytes, seconds: float, connections: int) -> dict:
         'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
         f"wrk.body = [==[{payload.decode()}]==]\n"
     )
+    # wrk takes whole seconds only: "-d2.0s" is refused.
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency"]
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as lua:
         lua.write(script)
         lua.flush()
-        out = subprocess.run(
-            ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", lua.name, "--latency", url],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+        argv += ["-s", lua.name, url]
+        out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
     errors += sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
     return {
-        "tool": f"wrk -t1 -c{CONNECTIONS}",
+        "tool": f"wrk -t1 -c{connections}",
         "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1]),
         "p50_ms": _ms(re.search(r"50%\s+([\d.]+\w+)", out)[1]),
         "p99_ms": _ms(re.search(r"99%\s+([\d.]+\w+)", out)[1]),
@@ -183,7 +182,7 @@ async def _python_load(url: str, payload: bytes, seconds: float, connections: in
     elapsed = time.monotonic() - started
     latencies.sort()
     return {
-        "tool": f"python asyncio raw sockets, {CONNECTIONS} connections (wrk not installed)",
+        "tool": f"python asyncio raw sockets, {connections} connections (wrk not installed)",
         "requests_per_s": len(latencies) / elapsed,
         "p50_ms": round(latencies[len(latencies) // 2] * 1000, 3),
         "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 3),

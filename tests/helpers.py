@@ -21,6 +21,7 @@ from typing import Any
 import asyncpg
 import httpx
 
+from queueflow.core.config import Settings, service_environment
 from queueflow.core.events import EventWindow, decode_event, encode_event
 from queueflow.core.serving import make_server
 from queueflow.embedded import free_port
@@ -40,10 +41,12 @@ def event(**fields: Any) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def serve(app: Any, settings: Any = None) -> AsyncIterator[httpx.AsyncClient]:
+async def serve(
+    app: Any, settings: Any = None, tracing: Any = None
+) -> AsyncIterator[httpx.AsyncClient]:
     """Run an ASGI app under uvicorn on a real loopback port; yield a client for it."""
     port = free_port()
-    server = make_server(app, "127.0.0.1", port, settings)
+    server = make_server(app, "127.0.0.1", port, settings, tracing=tracing)
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():
@@ -119,14 +122,11 @@ class Service:
         return 0.0
 
 
-def service_env(settings: Any) -> dict[str, str]:
-    return {
-        "REDIS_URL": str(settings.redis_url),
-        "DATABASE_URL": str(settings.database_url),
-        "QUEUEFLOW_STREAM": settings.stream,
-        "QUEUEFLOW_GROUP": settings.group,
-        "QUEUEFLOW_DEAD_LETTER_STREAM": settings.dead_letter_stream,
-    }
+def service_env(settings: Settings) -> dict[str, str]:
+    """The environment of a service process for a test: its servers and its own stream and
+    group names (the rest is each test's, or the defaults)."""
+    only = ("redis_url", "database_url", "stream", "group", "dead_letter_stream")
+    return service_environment(settings, only=only, secrets=True)
 
 
 TIMEZONES = [UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-8))]

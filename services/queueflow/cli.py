@@ -3,36 +3,26 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
-from collections.abc import Coroutine
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
 
 import structlog
 
 from queueflow import __version__
-from queueflow.core.config import Settings, env_name, load_settings
+from queueflow.core.config import (
+    SERVING_COMMANDS,
+    Settings,
+    env_name,
+    flag_name,
+    flag_settings,
+    load_settings,
+)
 from queueflow.core.errors import ConfigError, MigrationError
 from queueflow.core.observability import BUILD_INFO, configure_logging
-from queueflow.core.tracing import configure_tracing
-
-SETTING_FLAGS = {  # flag -> (setting, type)
-    "--redis-url": ("redis_url", str),
-    "--database-url": ("database_url", str),
-    "--stream": ("stream", str),
-    "--group": ("group", str),
-    "--log-level": ("log_level", str),
-    "--log-format": ("log_format", str),
-}
-WORKER_FLAGS = {
-    "--consumer": ("consumer", str),
-    "--batch-size": ("batch_size", int),
-    "--block-ms": ("block_ms", int),
-    "--shutdown-timeout": ("shutdown_timeout", float),
-}
+from queueflow.core.tracing import Tracing, configure_tracing
+from queueflow.runtime import migrate_command, run_async, serve_app
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,13 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(
-        name: str, help_: str, flags: dict, *, listens: bool = True, host: str = "0.0.0.0"
+        name: str, help_: str, *, listens: bool = True, host: str = "0.0.0.0"
     ) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_, description=help_)
-        for flag, (dest, kind) in {**SETTING_FLAGS, **flags}.items():
-            sub.add_argument(
-                flag, dest=dest, type=kind, default=None, help=f"[env {env_name(dest)}]"
-            )
+        for setting in flag_settings(name):
+            _add_setting_flag(sub, setting)
         if listens:
             sub.add_argument("--host", default=host, help=f"address to listen on [{host}]")
             sub.add_argument("--port", type=int, default=8000, help="port to listen on [8000]")
@@ -59,7 +47,6 @@ def build_parser() -> argparse.ArgumentParser:
     dev = command(
         "dev",
         "Run everything locally: servers, migrations, ingest + reporting, workers",
-        {**WORKER_FLAGS, "--workers": ("workers", int)},
         host="127.0.0.1",
     )
     dev.add_argument(
@@ -69,12 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the embedded servers keep their data [.queueflow]",
     )
     dev.add_argument("--fresh", action="store_true", help="wipe --data-dir first")
-    command("ingest", "Serve POST /event and POST /events", {})
-    command("reporting", "Serve GET /stats", {})
-    command("worker", "Move events from the stream into PostgreSQL", WORKER_FLAGS)
-    command("migrate", "Apply pending database migrations", {}, listens=False)
+    command("ingest", "Serve POST /event and POST /events")
+    command("reporting", "Serve GET /stats")
+    command("worker", "Move events from the stream into PostgreSQL")
+    command("migrate", "Apply pending database migrations", listens=False)
     verify = command(
-        "verify", "Recount aggregates from raw events and report differences", {}, listens=False
+        "verify", "Recount aggregates from raw events and report differences", listens=False
     )
     verify.add_argument("--site-id", "--site", dest="site_id", help="one site [all sites]")
     verify.add_argument(
@@ -83,47 +70,50 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--to", dest="last", type=date.fromisoformat, help="last UTC day [--from]")
     verify.add_argument("--repair", action="store_true", help="rebuild what differs, atomically")
     dead = command(
-        "dead-letters",
-        "List, show, replay or purge dead-lettered entries",
-        {"--dead-letter-stream": ("dead_letter_stream", str)},
-        listens=False,
+        "dead-letters", "List, show, replay or purge dead-lettered entries", listens=False
     )
     dead.add_argument("action", choices=["list", "show", "replay", "purge"])
     dead.add_argument("ids", nargs="*", metavar="ID", help="dead-letter entry ids")
     dead.add_argument("--all", dest="every", action="store_true", help="replay or purge all")
     dead.add_argument("--count", type=int, default=50, help="list: how many [50]")
     dead.add_argument("--after", help="list: start after this id")
-    smoke = command(
-        "smoke", "Send one event through a deployment and read it back", {}, listens=False
-    )
+    smoke = command("smoke", "Send one event through a deployment and read it back", listens=False)
     smoke.add_argument("--ingest-url", required=True, help="e.g. http://queueflow-ingest")
     smoke.add_argument("--reporting-url", required=True, help="e.g. http://queueflow-reporting")
     smoke.add_argument("--timeout", type=float, default=60, help="seconds to wait [60]")
     return parser
 
 
+def _add_setting_flag(parser: argparse.ArgumentParser, setting: str) -> None:
+    """`--<setting-with-dashes>`, as the setting declares it (config.py): help from its
+    description, None unless given (then the environment or the default applies)."""
+    field = Settings.model_fields[setting]
+    kind = field.annotation if field.annotation in (int, float) else str  # pydantic checks
+    shown = "" if field.default is None or field.default_factory else f", default {field.default}"
+    parser.add_argument(
+        flag_name(setting),
+        dest=setting,
+        type=kind,
+        default=None,
+        help=f"{field.description} [env {env_name(setting)}{shown}]".replace("%", "%%"),
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    overrides = {
-        dest: getattr(args, dest, None)
-        for dest, _ in (
-            *SETTING_FLAGS.values(),
-            *WORKER_FLAGS.values(),
-            ("workers", int),
-            ("dead_letter_stream", str),
-        )
-    }
+    overrides = {setting: getattr(args, setting) for setting in flag_settings(args.command)}
     try:
         settings = load_settings(**overrides)
-        if args.command == "dev" and "QUEUEFLOW_LOG_FORMAT" not in os.environ:
+        if args.command == "dev" and env_name("log_format") not in os.environ:
             # A person at a terminal reads console lines; its workers inherit the format.
             fmt = "console" if sys.stdout.isatty() else "json"
             settings = settings.model_copy(update={"log_format": fmt})
         configure_logging(settings.log_level, settings.log_format)
-        if args.command in ("dev", "ingest", "reporting", "worker"):
-            configure_tracing(args.command)
+        tracing = Tracing.off()
+        if args.command in SERVING_COMMANDS:
+            tracing = configure_tracing(args.command)
             BUILD_INFO.labels(args.command, __version__).set(1)
-        return _run(args, settings)
+        return _run(args, settings, tracing)
     except ConfigError as exc:
         print(f"queueflow: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -137,12 +127,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _run(args: argparse.Namespace, settings: Settings) -> int:
+def _run(args: argparse.Namespace, settings: Settings, tracing: Tracing) -> int:
     if args.command == "dev":
         from queueflow.dev import run_dev
 
         return run_dev(
-            settings, host=args.host, port=args.port, data_dir=args.data_dir, fresh=args.fresh
+            settings,
+            host=args.host,
+            port=args.port,
+            data_dir=args.data_dir,
+            fresh=args.fresh,
+            tracing=tracing,
         )
     if args.command == "migrate":
         return run_async(migrate_command(settings))
@@ -164,36 +159,15 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "worker":
         from queueflow.worker.main import run_worker
 
-        return run_async(run_worker(settings, args.host, args.port))
+        return run_async(run_worker(settings, args.host, args.port, tracing))
     if args.command == "ingest":
-        from queueflow.ingest.app import create_app
-    else:
-        from queueflow.reporting.app import create_app
-    return run_async(serve_app(create_app(settings), args.host, args.port, settings))
+        from queueflow.ingest.app import create_app as create_ingest
 
+        ingest = create_ingest(settings, tracing)
+        return run_async(serve_app(ingest, args.host, args.port, settings, tracing))
+    from queueflow.core.migrations import migrate_at_start
+    from queueflow.reporting.app import create_app as create_reporting
 
-async def migrate_command(settings: Settings) -> int:
-    from queueflow.core.migrations import apply_migrations
-
-    await apply_migrations(settings)
-    return 0
-
-
-async def serve_app(app: Any, host: str, port: int, settings: Settings) -> int:
-    from queueflow.core.serving import make_server, serve_until, stop_on_signals
-
-    server = make_server(app, host, port, settings, access_log=settings.access_log)
-    await serve_until(server, stop_on_signals())
-    return 0
-
-
-def run_async(coro: Coroutine[Any, Any, int]) -> int:
-    """Run on uvloop where installed (it is, with uvicorn[standard])."""
-    try:
-        import uvloop
-
-        factory = uvloop.new_event_loop
-    except ImportError:  # pragma: no cover - uvloop is absent on some platforms
-        factory = None
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(coro)
+    run_async(migrate_at_start(settings))  # reporting's one named start-up step
+    reporting = create_reporting(settings, tracing)
+    return run_async(serve_app(reporting, args.host, args.port, settings, tracing))

@@ -26,24 +26,26 @@ from starlette.routing import Match
 from starlette.types import Receive, Scope, Send
 
 from queueflow import __version__
-from queueflow.cli import migrate_command, run_async
-from queueflow.core.config import Settings
+from queueflow.core.config import Settings, service_environment
 from queueflow.core.http_telemetry import route_paths
 from queueflow.core.probes import add_probe_routes
 from queueflow.core.query_params import strict_app
 from queueflow.core.serving import make_server, serve_until, stop_on_signals
+from queueflow.core.tracing import Tracing
 from queueflow.embedded import die_with_parent, start_postgres, start_valkey
-from queueflow.ingest.app import IngestApp
+from queueflow.ingest.app import IngestApp, ingest_state
+from queueflow.reporting.app import get_store
+from queueflow.runtime import migrate_command, run_async
 
 log = structlog.get_logger(__name__)
 
 
 async def _redis_check(request: Request) -> None:
-    await request.state.stream.ping()
+    await ingest_state(request).stream.ping()
 
 
 async def _postgres_check(request: Request) -> None:
-    await request.state.store.ping()
+    await get_store(request).ping()
 
 
 class CombinedApp:
@@ -60,7 +62,9 @@ class CombinedApp:
         self.shared.openapi = self._openapi  # type: ignore[method-assign]
         self.shared_paths = frozenset(route_paths(self.shared))
         self.reporting_routes = [
-            route for route in reporting.router.routes if route.path not in self.shared_paths
+            route
+            for route in reporting.router.routes
+            if getattr(route, "path", None) not in self.shared_paths
         ]
         self.route_paths = ingest.route_paths | route_paths(reporting) | self.shared_paths
 
@@ -119,7 +123,15 @@ def _merge(into: dict[str, Any], entries: dict[str, Any], where: str) -> None:
         into[name] = entry
 
 
-def run_dev(settings: Settings, *, host: str, port: int, data_dir: Path, fresh: bool) -> int:
+def run_dev(
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+    data_dir: Path,
+    fresh: bool,
+    tracing: Tracing | None = None,
+) -> int:
     with contextlib.ExitStack() as cleanup:
         if settings.redis_url is None or settings.database_url is None:
             if fresh:
@@ -137,45 +149,26 @@ def run_dev(settings: Settings, *, host: str, port: int, data_dir: Path, fresh: 
         workers = [_start_worker(settings, host, port + 1 + i, i) for i in range(settings.workers)]
         cleanup.callback(_stop_workers, workers, settings.shutdown_timeout)
         _print_banner(settings, host, port, len(workers))
-        return run_async(_serve(settings, host, port))
+        return run_async(_serve(settings, host, port, tracing))
     return 0
 
 
-async def _serve(settings: Settings, host: str, port: int) -> int:
+async def _serve(settings: Settings, host: str, port: int, tracing: Tracing | None) -> int:
     from queueflow.ingest.app import create_app as create_ingest
     from queueflow.reporting.app import create_app as create_reporting
 
-    app = CombinedApp(create_ingest(settings), create_reporting(settings))
-    server = make_server(app, host, port, settings, access_log=settings.access_log)
+    app = CombinedApp(create_ingest(settings, tracing), create_reporting(settings, tracing))
+    server = make_server(app, host, port, settings, access_log=settings.access_log, tracing=tracing)
     await serve_until(server, stop_on_signals())
     return 0
 
 
 def _start_worker(settings: Settings, host: str, port: int, index: int) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "REDIS_URL": str(settings.redis_url),
-        "DATABASE_URL": str(settings.database_url),
-        "QUEUEFLOW_CONSUMER": f"{settings.consumer}-dev-{index}",
-        "QUEUEFLOW_STREAM": settings.stream,
-        "QUEUEFLOW_GROUP": settings.group,
-        "QUEUEFLOW_LOG_FORMAT": settings.log_format,
-        "QUEUEFLOW_LOG_LEVEL": settings.log_level,
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "queueflow",
-        "worker",
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--batch-size",
-        str(settings.batch_size),
-        "--block-ms",
-        str(settings.block_ms),
-    ]
+    # Every setting of this process (its flags included) reaches the worker the way a deployed
+    # one reads them: from the environment.
+    own = settings.model_copy(update={"consumer": f"{settings.consumer}-dev-{index}"})
+    env = {**os.environ, **service_environment(own, secrets=True)}
+    command = [sys.executable, "-m", "queueflow", "worker", "--host", host, "--port", str(port)]
     return subprocess.Popen(command, env=env, preexec_fn=die_with_parent(signal.SIGTERM))
 
 

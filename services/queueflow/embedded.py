@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import os
 import pwd
 import shutil
@@ -22,6 +23,9 @@ from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
 POSTGRES_OS_USER = "queueflow-postgres"  # PostgreSQL refuses to run as root
+# As root, what that user cannot reach where it lies (a venv or data dir under /root, a 0700
+# pytest dir) is staged here instead of opening the folders on the way to everyone.
+STAGING = Path("/var/lib/queueflow-postgres")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -129,8 +133,12 @@ def start_postgres(
     bin_path = _postgres_bin_path()
     data_dir.mkdir(parents=True, exist_ok=True)
     data_dir = data_dir.resolve()
-    run_as = _postgres_os_user(data_dir, bin_path)
+    run_as = _postgres_os_user()
     pgdata = data_dir / "pgdata"
+    if run_as is not None:
+        bin_path = _reachable_install(bin_path, run_as)
+        if not _can_reach(data_dir, run_as):
+            pgdata = _staged_data(data_dir)
     log = data_dir / "postgres.log"
     if not (pgdata / "PG_VERSION").exists():
         shutil.rmtree(pgdata, ignore_errors=True)
@@ -216,8 +224,8 @@ def _wait_for_postgres(port: int, proc: subprocess.Popen, log: Path, timeout: fl
     raise RuntimeError(f"PostgreSQL did not become ready; see {log}")
 
 
-def _postgres_os_user(data_dir: Path, bin_path: Path) -> str | None:
-    """As root, create an unprivileged user and let it reach the binaries and the data dir."""
+def _postgres_os_user() -> str | None:
+    """As root, the unprivileged user PostgreSQL runs as (created once); None otherwise."""
     if os.geteuid() != 0:
         return None
     try:
@@ -228,14 +236,55 @@ def _postgres_os_user(data_dir: Path, bin_path: Path) -> str | None:
             check=True,
             capture_output=True,
         )
-    for path in (data_dir.resolve(), bin_path.parent.resolve()):
-        for parent in (path, *path.parents):  # every folder on the way must be traversable
-            parent.chmod(parent.stat().st_mode | 0o055)
-    for root, dirs, files in os.walk(bin_path.parent):
-        for name in dirs + files:
-            item = Path(root, name)
-            item.chmod(item.stat().st_mode | 0o044 | (0o011 if item.stat().st_mode & 0o100 else 0))
     return POSTGRES_OS_USER
+
+
+def _can_reach(path: Path, user: str) -> bool:
+    """Whether `user` can enter `path` (every folder on the way is traversable for it)."""
+    probe = subprocess.run(["test", "-x", str(path)], check=False, **_as_user(user))
+    return probe.returncode == 0
+
+
+def _staged(kind: str, source: Path) -> Path:
+    """A folder of STAGING for `source`, the same one on every run."""
+    STAGING.mkdir(mode=0o755, parents=True, exist_ok=True)
+    digest = hashlib.sha256(str(source).encode()).hexdigest()[:16]
+    return STAGING / f"{kind}-{digest}"
+
+
+def _staged_data(data_dir: Path) -> Path:
+    """The staged pgdata of `data_dir` (kept across restarts, like the data dir itself), noted
+    in both places; staged data whose data dir is gone (a test's temporary one) is removed."""
+    for note in STAGING.glob("data-*.source") if STAGING.is_dir() else ():
+        if not Path(note.read_text().strip()).exists():
+            shutil.rmtree(note.with_suffix(""), ignore_errors=True)
+            note.unlink(missing_ok=True)
+    pgdata = _staged("data", data_dir)
+    pgdata.with_suffix(".source").write_text(f"{data_dir}\n")
+    (data_dir / "pgdata-location").write_text(f"{pgdata}\n")
+    return pgdata
+
+
+def _reachable_install(bin_path: Path, user: str) -> Path:
+    """The PostgreSQL binaries where `user` can run them: in place when it can reach them,
+    else a copy of the wheel's install tree in STAGING (made once, about 40 MB)."""
+    install = bin_path.parent
+    if _can_reach(bin_path, user):
+        return bin_path
+    copy = _staged("install", install)
+    if not (copy / "bin" / "postgres").exists():
+        partial = copy.with_name(copy.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(install, partial, symlinks=True)
+        for root, dirs, files in os.walk(partial):
+            for name in dirs + files:
+                item = Path(root, name)
+                mode = item.lstat().st_mode
+                if not item.is_symlink():
+                    item.chmod(mode | 0o044 | (0o011 if mode & 0o100 or item.is_dir() else 0))
+        partial.chmod(0o755)
+        partial.rename(copy)
+    return copy / "bin"
 
 
 def _as_user(user: str | None) -> dict:

@@ -66,8 +66,8 @@ async def dead_letters(
             return 0
         if action == "show":
             found = [await letters.get(entry_id) for entry_id in ids]
-            for entry_id, letter in zip(ids, found, strict=True):
-                print(json.dumps(letter.as_dict() if letter else {"id": entry_id, "found": False}))
+            for entry_id, shown in zip(ids, found, strict=True):
+                print(json.dumps(shown.as_dict() if shown else {"id": entry_id, "found": False}))
             return 0 if all(found) else 1
         selection = None if every else ids
         if selection is not None and not selection:

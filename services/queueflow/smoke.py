@@ -41,7 +41,7 @@ def smoke(ingest_url: str, reporting_url: str, timeout_s: float) -> int:
                 print(f"queueflow smoke: ok, event {reply['event_id']} counted for {site}")
                 return 0
         except OSError as exc:
-            stats = str(exc)
+            stats = {"error": str(exc)}
         if time.monotonic() > deadline:
             return _fail(f"event not counted within {timeout_s:g} s; last GET /stats: {stats}")
         time.sleep(0.5)

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from queueflow.cli import build_parser
-from queueflow.core.config import Settings
+from queueflow.core.config import Settings, env_name
 from tests.chart.conftest import CHART, run_helm
 
 ROOT = CHART.parents[1]
@@ -58,14 +58,14 @@ def compose() -> dict:
 
 def test_compose_services_run_real_commands_with_known_settings() -> None:
     services = compose()["services"]
-    fields = {f"QUEUEFLOW_{name.upper()}" for name in Settings.model_fields}
+    fields = {env_name(name) for name in Settings.model_fields}
     for name in QUEUEFLOW_SERVICES:
         service = services[name]
         args = build_parser().parse_args(service["command"])  # exits on an unknown flag
         assert args.command == name
         env = service["environment"]
         assert {"REDIS_URL", "DATABASE_URL"} <= env.keys()
-        assert {k for k in env if k.startswith("QUEUEFLOW_")} <= fields
+        assert env.keys() <= fields
         assert service["read_only"] is True
 
 

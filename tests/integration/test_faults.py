@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -79,15 +80,26 @@ def pending_of(env: dict[str, str], consumer: str) -> int:
         client.close()
 
 
+def sql(database_url: str, statement: str) -> Any:
+    """Run one query and return its first value: a failure raises, never reads as 0."""
+    return asyncio.run(_on_connection(database_url, lambda conn: conn.fetchval(statement)))
+
+
+def sql_script(database_url: str, statements: str) -> None:
+    """Run statements (several, separated by semicolons); a failure raises."""
+    asyncio.run(_on_connection(database_url, lambda conn: conn.execute(statements)))
+
+
+async def _on_connection(database_url: str, use: Any) -> Any:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await use(conn)
+    finally:
+        await conn.close()
+
+
 def stored_events(database_url: str) -> int:
-    return int(
-        subprocess.run(
-            ["psql", "-tAc", "SELECT count(*) FROM events", database_url],
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        or 0
-    )
+    return sql(database_url, "SELECT count(*) FROM events")
 
 
 def test_a_worker_killed_mid_batch_is_reclaimed_by_the_other(started, env, settings) -> None:
@@ -164,9 +176,7 @@ def test_postgres_restarted_and_connections_terminated_mid_drain(
             "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
         )
         for _ in range(5):
-            subprocess.run(
-                ["psql", database_url, "-qc", terminate], capture_output=True, check=True
-            )
+            sql(database_url, terminate)
             time.sleep(0.1)
         wait_until_exact(database_url, events)
         print(f"exact {time.monotonic() - back:.1f}s after PostgreSQL came back")
@@ -209,15 +219,7 @@ def test_redis_stopped_and_restarted(started, env, settings, tmp_path: Path) -> 
 
 def test_poison_is_dead_lettered_and_the_rest_counted(started, env, settings) -> None:
     database_url = str(settings.database_url)
-    subprocess.run(
-        [
-            "psql",
-            database_url,
-            "-qc",
-            "ALTER TABLE events ADD CONSTRAINT no_poison CHECK (user_id <> 'poison')",
-        ],
-        check=True,
-    )
+    sql(database_url, "ALTER TABLE events ADD CONSTRAINT no_poison CHECK (user_id <> 'poison')")
     events = workload(2_000, seed=7)
     poisoned = {**events[0], "event_id": "poison-row", "user_id": "poison"}
     r = redis.from_url(env["REDIS_URL"])
@@ -346,7 +348,7 @@ def test_a_worker_whose_batches_the_database_refuses_says_so_in_readyz(
         CREATE TRIGGER refuse_all BEFORE INSERT ON events
             FOR EACH STATEMENT EXECUTE FUNCTION refuse_all();
     """
-    psql(settings, refuse_all)
+    sql_script(settings.database_dsn(), refuse_all)
     ingest = start(started, "ingest", env)
     worker = start(started, "worker", env)
     events = workload(50)
@@ -359,19 +361,8 @@ def test_a_worker_whose_batches_the_database_refuses_says_so_in_readyz(
     assert checks["postgres"] == "ok" and checks["redis"] == "ok"
     assert checks["consumer"].startswith("unavailable: retrying postgres: SQLSTATE 42501")
     assert worker.metric('queueflow_worker_retrying{dependency="postgres"}') == 1
-    psql(settings, "DROP TRIGGER refuse_all ON events")
+    sql(settings.database_dsn(), "DROP TRIGGER refuse_all ON events")
     wait_until_exact(settings.database_dsn(), events)
     assert httpx.get(f"{worker.url}/readyz").status_code == 200
     assert worker.metric('queueflow_worker_retrying{dependency="postgres"}') == 0
     assert worker.metric('queueflow_worker_events_dead_lettered_total{reason="rejected"}') == 0
-
-
-def psql(settings: Settings, sql: str) -> None:
-    async def run() -> None:
-        conn = await asyncpg.connect(settings.database_dsn())
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(run())

@@ -653,3 +653,35 @@ async def test_the_openapi_document_says_what_is_enforced(client) -> None:
     assert "503" in readyz
     metrics = schema["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
     assert list(metrics) == ["text/plain"]
+
+
+async def test_what_ingest_would_otherwise_ignore_is_refused(settings, redis_client) -> None:
+    """A query string, a transfer-coding other than chunked, many gzip members, or an unknown
+    field with a huge name: each refused, with an answer that does not grow with the input."""
+    import gzip
+
+    body = json.dumps(event()).encode()
+    async with serve(create_app(settings)) as client:
+        for path in ("/event?x=1", "/event?%00", "/events?a=1&a=2"):
+            reply = await client.post(path, content=body, headers=JSON)
+            assert reply.status_code == 422, path
+        # httpx refuses to send it, so a raw socket does.
+        reader, writer = await asyncio.open_connection(client.base_url.host, client.base_url.port)
+        writer.write(
+            b"POST /event HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"transfer-encoding: gzip, chunked\r\n\r\n%x\r\n%b\r\n0\r\n\r\n" % (len(body), body)
+        )
+        status = (await reader.readline()).split()[1]
+        writer.close()
+        assert status in (b"400", b"415")  # the HTTP parser or ingest refuses it
+        members = gzip.compress(b"") * 20 + gzip.compress(body)
+        reply = await client.post(
+            "/event", content=members, headers={**JSON, "content-encoding": "gzip"}
+        )
+        assert reply.status_code == 400 and "gzip members" in reply.text
+        huge = json.dumps({**event(), "k" * 60_000: 1}).encode()
+        reply = await client.post("/event", content=huge, headers=JSON)
+        assert reply.status_code == 422 and len(reply.content) < 1_000
+        for path in ("/docs?x=1", "/openapi.json?x=1"):
+            assert (await client.get(path)).status_code == 422, path
+    assert await redis_client.xlen(settings.stream) == 0

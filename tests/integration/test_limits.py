@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from queueflow.core.config import Settings
 from tests.helpers import Service, service_env, wait_until_exact
 
-# The limits README.md and DESIGN.md document: (unit, most) per field.
+# The limits the README documents: (unit, most) per field.
 LIMITS = {
     "site_id": ("bytes", 256),
     "event_type": ("chars", 64),

@@ -68,9 +68,39 @@ async def test_an_edited_applied_migration_is_refused(empty_database: str, tmp_p
     shutil.copytree(default_migrations_dir(), tmp_path / "m")
     await migrate(empty_database, tmp_path / "m")
     first = sorted((tmp_path / "m").glob("0001_*.sql"))[0]
-    first.write_text(first.read_text() + "\n-- edited\n")
+    first.write_text(first.read_text().replace("CREATE INDEX", "CREATE UNIQUE INDEX"))
     with pytest.raises(MigrationError, match="changed after it was applied"):
         await migrate(empty_database, tmp_path / "m")
+
+
+async def test_comments_and_the_down_section_may_change_after_applying(
+    empty_database: str, tmp_path: Path
+) -> None:
+    """Only what runs is checked: rewording a comment or adding a down section must not stop
+    a deploy."""
+    shutil.copytree(default_migrations_dir(), tmp_path / "m")
+    await migrate(empty_database, tmp_path / "m")
+    first = sorted((tmp_path / "m").glob("0001_*.sql"))[0]
+    text = first.read_text().replace("-- Raw events", "-- The raw events")
+    first.write_text(text + "\n   -- an added comment\n\n-- migrate:down\nDROP TABLE events;\n")
+    assert await migrate(empty_database, tmp_path / "m") == []
+
+
+async def test_databases_that_recorded_whole_file_checksums_still_migrate(
+    empty_database: str,
+) -> None:
+    await migrate(empty_database, default_migrations_dir())
+    conn = await asyncpg.connect(empty_database)
+    try:
+        for m in load_migrations(default_migrations_dir()):
+            await conn.execute(
+                "UPDATE schema_migrations SET checksum = $2 WHERE version = $1",
+                m.version,
+                m.legacy_checksum,
+            )
+    finally:
+        await conn.close()
+    assert await migrate(empty_database, default_migrations_dir()) == []
 
 
 async def test_a_failing_migration_rolls_back_and_records_nothing(

@@ -17,6 +17,7 @@ from opentelemetry.trace import SpanKind
 from prometheus_client.parser import text_string_to_metric_families
 
 from queueflow.core import tracing
+from queueflow.core.store import EventStore
 from queueflow.ingest.app import create_app
 from queueflow.worker.consumer import Consumer
 from tests.helpers import Service, event, running, serve, service_env, until
@@ -175,15 +176,20 @@ def spans() -> Iterator[InMemorySpanExporter]:
     """The SDK's in-memory exporter behind the process's tracer provider, tracing on for
     this module only (a provider can be installed once per process)."""
     exporter = InMemorySpanExporter()
-    tracing.configure_tracing("test", exporter=exporter)
+    TRACED.append(tracing.configure_tracing("test", exporter=exporter))
     yield exporter
-    tracing.state.enabled = False
+    TRACED.clear()
+
+
+TRACED: list[tracing.Tracing] = []  # what `spans` configured, handed to the parts it traces
 
 
 async def test_worker_batch_span_links_to_each_ingest_span(parts, settings, spans) -> None:
     stream, store = parts
+    (traced,) = TRACED
+    store = EventStore(store.pool, traced)
     parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-    async with serve(create_app(settings)) as client:
+    async with serve(create_app(settings, traced), tracing=traced) as client:
         reply = await client.post(
             "/events",
             json=[event(event_id=f"t{i}") for i in range(3)],
@@ -191,7 +197,7 @@ async def test_worker_batch_span_links_to_each_ingest_span(parts, settings, span
         )
         assert reply.status_code == 202
         assert (await client.post("/event", json=event(event_id="t3"))).status_code == 202
-    async with running(Consumer(stream, store, settings)):
+    async with running(Consumer(stream, store, settings, traced)):
         await until(lambda: store.pool.fetchval("SELECT count(*) = 4 FROM events"))
     trace.get_tracer_provider().force_flush()
     finished = spans.get_finished_spans()

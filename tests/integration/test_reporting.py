@@ -182,3 +182,12 @@ def test_no_query_string_is_a_server_error(reporting_process, path: str, query: 
     """Against real PostgreSQL: whatever a client writes in the query string, 200 or 4xx."""
     response = reporting_process.get(f"{path}?{query}")
     assert response.status_code < 500, (query, response.text)
+
+
+async def test_percent_escapes_that_are_not_utf8_are_422(settings: Settings) -> None:
+    """`%FF` would otherwise be read as U+FFFD and quietly name another site."""
+    async with serve(create_app(settings)) as client:
+        for query in ("site_id=a%FF", "site_id=%ED%A0%80", "a%FF=1"):
+            reply = await client.get(f"/stats?{query}")
+            assert reply.status_code == 422, query
+        assert (await client.get("/stats?site_id=%C3%A9")).status_code == 200  # é is fine

@@ -1,4 +1,4 @@
-"""Configuration: DESIGN.md's names and defaults, and one clear line for a bad setting."""
+"""Configuration: the README's names and defaults, and one clear line for a bad setting."""
 
 from __future__ import annotations
 
@@ -7,29 +7,20 @@ import sys
 
 import pytest
 
-from queueflow.core.config import load_settings
+from queueflow.core.config import Settings, env_name, load_settings
 from queueflow.core.errors import ConfigError
 
-ENV_NAMES = ["REDIS_URL", "DATABASE_URL"] + [
-    f"QUEUEFLOW_{n}"
-    for n in [
-        "STREAM",
-        "GROUP",
-        "CONSUMER",
-        "DEAD_LETTER_STREAM",
-        "BATCH_SIZE",
-        "BLOCK_MS",
-        "CLAIM_IDLE_MS",
-        "MAX_DELIVERIES",
-        "BACKLOG_LIMIT",
-        "MAX_BODY_BYTES",
-        "MAX_BATCH_EVENTS",
-        "WORKERS",
-        "LOG_LEVEL",
-        "LOG_FORMAT",
-        "MAX_EVENT_AGE_DAYS",
-    ]
-]
+ENV_NAMES = [env_name(name) for name in Settings.model_fields]
+
+
+def test_environment_names_follow_the_design() -> None:
+    assert ENV_NAMES[:2] == ["REDIS_URL", "DATABASE_URL"]
+    for name in ("STREAM", "GROUP", "CONSUMER", "DEAD_LETTER_STREAM", "BATCH_SIZE", "BLOCK_MS"):
+        assert f"QUEUEFLOW_{name}" in ENV_NAMES
+    for name in ("CLAIM_IDLE_MS", "MAX_DELIVERIES", "BACKLOG_LIMIT", "MAX_BODY_BYTES", "WORKERS"):
+        assert f"QUEUEFLOW_{name}" in ENV_NAMES
+    for name in ("MAX_BATCH_EVENTS", "LOG_LEVEL", "LOG_FORMAT", "MAX_EVENT_AGE_DAYS"):
+        assert f"QUEUEFLOW_{name}" in ENV_NAMES
 
 
 @pytest.fixture(autouse=True)

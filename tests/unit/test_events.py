@@ -1,4 +1,4 @@
-"""Validation of single events and batches, exactly as DESIGN.md states the rules."""
+"""Validation of single events and batches, exactly as the README states the rules."""
 
 from __future__ import annotations
 
@@ -12,10 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from queueflow.core.errors import InvalidEvents, MalformedJSON
 from queueflow.core.events import (
     EventWindow,
-    InvalidEvents,
-    MalformedJSON,
     decode_batch,
     decode_entry,
     decode_event,

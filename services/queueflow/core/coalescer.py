@@ -11,7 +11,7 @@ and requests queued in that turn were stranded with nobody to send them).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -82,7 +82,7 @@ class Coalescer(Generic[T]):
 
 
 def _settle(
-    group: list[tuple[object, asyncio.Future[None]]], failure: BaseException | None
+    group: Sequence[tuple[object, asyncio.Future[None]]], failure: BaseException | None
 ) -> None:
     for _, future in group:
         if future.done():  # the submitter was cancelled meanwhile

@@ -1,66 +1,176 @@
-"""Settings from the environment (DESIGN.md's table); flags override them by keyword."""
+"""Settings from the environment (README "Configuration"); flags override them by keyword.
+
+Each setting is declared once, on its `Settings` field: name, type, default, bounds, a
+one-line description (also its flag's help), where it is read from (`env_name`) and, with a
+`Flag`, the commands that take it as `--<name-with-dashes>`. `service_environment` renders
+settings back into those variables for a process started from them.
+"""
 
 from __future__ import annotations
 
 import socket
-from typing import Literal
+from collections.abc import Iterable
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, PostgresDsn, RedisDsn, ValidationError
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from queueflow.core.errors import ConfigError
 
+# The `queueflow` commands (cli.py makes each): those that serve, then the one-shot ones.
+SERVING_COMMANDS = ("dev", "ingest", "reporting", "worker")
+EVERY_COMMAND = (*SERVING_COMMANDS, "migrate", "verify", "dead-letters", "smoke")
+ENV_PREFIX = "QUEUEFLOW_"
+
+
+class Flag:
+    """On a setting (in `Annotated`): these commands (every one when none is named) take it as
+    the flag `--<name-with-dashes>`, which overrides the environment."""
+
+    __slots__ = ("commands",)
+
+    def __init__(self, *commands: str) -> None:
+        unknown = set(commands) - set(EVERY_COMMAND)
+        if unknown:
+            raise ValueError(f"no such command: {sorted(unknown)}")
+        self.commands: tuple[str, ...] = commands or EVERY_COMMAND
+
+    def __repr__(self) -> str:
+        return f"Flag{self.commands!r}"
+
+
+DEV_AND_WORKER = Flag("dev", "worker")
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="QUEUEFLOW_", extra="forbid", validate_default=True, populate_by_name=True
+        env_prefix=ENV_PREFIX, extra="forbid", validate_default=True, populate_by_name=True
     )
 
-    # Unprefixed by contract; repr=False keeps credentials out of logs and tracebacks.
-    redis_url: RedisDsn | None = Field(
-        None, validation_alias=AliasChoices("REDIS_URL", "redis_url"), repr=False
+    # Unprefixed by contract. repr=False marks a setting that carries credentials: it stays out
+    # of logs and tracebacks, and out of service_environment unless secrets are asked for.
+    redis_url: Annotated[RedisDsn | None, Flag()] = Field(
+        None,
+        validation_alias=AliasChoices("REDIS_URL", "redis_url"),
+        repr=False,
+        description="Redis/Valkey URL (redis://, rediss:// for TLS); embedded in dev, else needed",
     )
-    database_url: PostgresDsn | None = Field(
-        None, validation_alias=AliasChoices("DATABASE_URL", "database_url"), repr=False
+    database_url: Annotated[PostgresDsn | None, Flag()] = Field(
+        None,
+        validation_alias=AliasChoices("DATABASE_URL", "database_url"),
+        repr=False,
+        description="PostgreSQL URL (postgresql://); embedded in dev, else needed",
     )
 
-    stream: str = Field("events_stream", min_length=1)
-    group: str = Field("analytics_workers", min_length=1)
-    consumer: str = Field(default_factory=socket.gethostname, min_length=1)
-    dead_letter_stream: str = Field("events_dead", min_length=1)
-    batch_size: int = Field(500, ge=1, le=10_000)
-    block_ms: int = Field(1000, ge=1, le=60_000)
-    claim_idle_ms: int = Field(30_000, ge=100)
-    reclaim_interval_ms: int = Field(5_000, ge=50)  # how often a reclaim pass starts
-    # How often processed entries are trimmed: Redis holds about this long of events beyond
-    # the unprocessed ones (5 s at 100,000 events/s would be 100 MB).
-    trim_interval_ms: int = Field(1_000, ge=50)
-    consumer_idle_delete_ms: int = Field(3_600_000, ge=1_000)  # then an empty consumer goes
-    max_deliveries: int = Field(5, ge=1)
-    backlog_limit: int = Field(1_000_000, ge=1)
-    backlog_refresh_ms: int = Field(1_000, ge=50)  # how stale ingest's backlog figure may be
-    max_body_bytes: int = Field(65_536, ge=1024)
-    max_batch_events: int = Field(500, ge=1)
-    max_event_age_days: int = Field(30, ge=0)  # 0 lifts the lower bound (back-fills)
-    workers: int = Field(1, ge=0, le=64)
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_format: Literal["json", "console"] = "json"
-    access_log: bool = True  # one log line per HTTP request
-    stream_metrics_interval_ms: int = Field(5_000, ge=100)  # how often workers read XINFO
-    # How long a Redis call on the ingest path may take; a request waits at most about twice
-    # this (the append in flight, then its own) before its 503, so 0.9 keeps it under 2 s.
-    redis_timeout_s: float = Field(0.9, gt=0, le=10)
-    # Seconds a stopping worker may spend finishing its batch (below the pod's grace period).
-    shutdown_timeout: float = Field(20, gt=0, le=600)
+    stream: Annotated[str, Flag()] = Field(
+        "events_stream", min_length=1, description="the Redis Stream events are appended to"
+    )
+    group: Annotated[str, Flag()] = Field(
+        "analytics_workers", min_length=1, description="the workers' consumer group"
+    )
+    consumer: Annotated[str, DEV_AND_WORKER] = Field(
+        default_factory=socket.gethostname,
+        min_length=1,
+        description="this worker's consumer name; the hostname (the pod name) by default",
+    )
+    dead_letter_stream: Annotated[str, Flag("dead-letters")] = Field(
+        "events_dead",
+        min_length=1,
+        description="where entries that cannot be stored go, with the reason",
+    )
+    batch_size: Annotated[int, DEV_AND_WORKER] = Field(
+        500, ge=1, le=10_000, description="entries a worker reads and commits at once"
+    )
+    block_ms: Annotated[int, DEV_AND_WORKER] = Field(
+        1000, ge=1, le=60_000, description="how long a worker's read waits for new entries, ms"
+    )
+    claim_idle_ms: int = Field(
+        30_000, ge=100, description="idle time before another worker reclaims an entry, ms"
+    )
+    reclaim_interval_ms: int = Field(
+        5_000, ge=50, description="how often a worker starts a reclaim pass, ms"
+    )
+    # Redis holds about this long of events beyond the unprocessed ones (bench/README.md,
+    # "Findings": the soak).
+    trim_interval_ms: int = Field(
+        1_000,
+        ge=50,
+        description="how often a worker trims processed entries and idle consumers, ms",
+    )
+    consumer_idle_delete_ms: int = Field(
+        3_600_000,
+        ge=1_000,
+        description="idle time after which a consumer with nothing pending is deleted, ms",
+    )
+    max_deliveries: int = Field(5, ge=1, description="deliveries before an entry is dead-lettered")
+    backlog_limit: int = Field(
+        1_000_000, ge=1, description="unprocessed entries above which ingest answers 503"
+    )
+    backlog_refresh_ms: int = Field(
+        1_000, ge=50, description="how often ingest re-reads the backlog (never per request), ms"
+    )
+    max_body_bytes: int = Field(
+        65_536, ge=1024, description="largest request body, single or batch, bytes"
+    )
+    max_batch_events: int = Field(500, ge=1, description="most events in one POST /events")
+    max_event_age_days: int = Field(
+        30, ge=0, description="oldest accepted timestamp, days; 0 lifts the limit (back-fills)"
+    )
+    workers: Annotated[int, Flag("dev")] = Field(
+        1, ge=0, le=64, description="worker processes `queueflow dev` starts"
+    )
+    log_level: Annotated[Literal["debug", "info", "warning", "error"], Flag()] = Field(
+        "info", description="debug, info, warning or error"
+    )
+    log_format: Annotated[Literal["json", "console"], Flag()] = Field(
+        "json", description="json lines, or console for a terminal"
+    )
+    access_log: bool = Field(True, description="one log line per HTTP request")
+    stream_metrics_interval_ms: int = Field(
+        5_000, ge=100, description="how often each worker reads the stream gauges (XINFO), ms"
+    )
+    # A request waits at most about twice this (the append in flight, then its own) before its
+    # 503, so 0.9 keeps it under 2 s.
+    redis_timeout_s: float = Field(
+        0.9, gt=0, le=10, description="longest a Redis call on the ingest path may take, s"
+    )
+    # Below the pod's grace period.
+    shutdown_timeout: Annotated[float, DEV_AND_WORKER] = Field(
+        20, gt=0, le=600, description="seconds a stopping worker may take to finish its batch"
+    )
     # HTTP limits on every service's port, against idle, slow and oversized clients:
-    http_max_header_bytes: int = Field(16_384, ge=1024, le=1_048_576)  # line + headers; then 431
-    http_header_timeout_s: float = Field(10, gt=0, le=300)  # open/first byte to headers' end
-    http_body_timeout_s: float = Field(30, gt=0, le=3600)  # headers' end to body's end; then close
-    http_keepalive_timeout_s: float = Field(5, gt=0, le=3600)  # idle keep-alive connection closed
-    db_pool_size: int = Field(4, ge=1, le=100)
-    migrations_dir: str | None = None
-    # Worker and reporting apply pending migrations at start (under the advisory lock).
-    auto_migrate: bool = True
+    http_max_header_bytes: int = Field(
+        16_384,
+        ge=1024,
+        le=1_048_576,
+        description="request line plus headers, bytes; over it 431 and the connection closes",
+    )
+    http_header_timeout_s: float = Field(
+        10,
+        gt=0,
+        le=300,
+        description="seconds from a connection's opening (or next request) to its headers' end",
+    )
+    http_body_timeout_s: float = Field(
+        30, gt=0, le=3600, description="seconds from the headers' end to the body's end"
+    )
+    http_keepalive_timeout_s: float = Field(
+        5, gt=0, le=3600, description="seconds a kept-alive connection may idle between requests"
+    )
+    db_pool_size: int = Field(
+        4,
+        ge=1,
+        le=100,
+        description="PostgreSQL connections per reporting or worker process (a worker: at least 2)",
+    )
+    migrations_dir: str | None = Field(
+        None, description="where the migrations are read from; the package's own by default"
+    )
+    auto_migrate: bool = Field(
+        True,
+        description="worker and reporting apply pending migrations at start (advisory lock)",
+    )
 
     def redis_dsn(self) -> str:
         if self.redis_url is None:
@@ -76,18 +186,74 @@ class Settings(BaseSettings):
 def load_settings(**overrides: object) -> Settings:
     """Settings from the environment plus explicit overrides, or one clear ConfigError."""
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = "; ".join(_describe(err) for err in exc.errors())
         raise ConfigError(problems) from None
 
 
-def _describe(err: dict) -> str:
+def _describe(err: ErrorDetails) -> str:
     field = str(err["loc"][0]).lower() if err["loc"] else "settings"
     return f"{env_name(field)}: {err['msg']}"
 
 
 def env_name(setting: str) -> str:
-    """The environment variable a setting is read from (the URLs are unprefixed)."""
-    unprefixed = ("redis_url", "database_url")
-    return setting.upper() if setting in unprefixed else f"QUEUEFLOW_{setting.upper()}"
+    """The environment variable a setting is read from: its alias (the unprefixed URLs), else
+    QUEUEFLOW_ and its name."""
+    field = Settings.model_fields.get(setting)
+    alias = field.validation_alias if field is not None else None
+    if isinstance(alias, AliasChoices) and isinstance(alias.choices[0], str):
+        return alias.choices[0]
+    return f"{ENV_PREFIX}{setting.upper()}"
+
+
+def flag_of(setting: str) -> Flag | None:
+    """The setting's flag declaration, if it has one."""
+    return next((m for m in Settings.model_fields[setting].metadata if isinstance(m, Flag)), None)
+
+
+def flag_name(setting: str) -> str:
+    """The flag of a setting that has one (see Flag)."""
+    return "--" + setting.replace("_", "-")
+
+
+def flag_settings(command: str) -> list[str]:
+    """The settings `command` takes as flags, in declaration order."""
+    return [name for name in Settings.model_fields if command in _commands(name)]
+
+
+def _commands(setting: str) -> tuple[str, ...]:
+    flag = flag_of(setting)
+    return flag.commands if flag is not None else ()
+
+
+def is_secret(setting: str) -> bool:
+    """Whether the setting carries credentials (declared repr=False)."""
+    return Settings.model_fields[setting].repr is False
+
+
+def service_environment(
+    settings: Settings, *, only: Iterable[str] | None = None, secrets: bool = False
+) -> dict[str, str]:
+    """`settings` as the environment variables they are read from: a process started with
+    these reads the same values. Every setting, or those named in `only`; the ones carrying
+    credentials (the URLs) only with secrets=True. Unset (None) settings are left out."""
+    names = list(Settings.model_fields) if only is None else list(only)
+    env: dict[str, str] = {}
+    for name in names:
+        if name not in Settings.model_fields:
+            raise ValueError(f"no such setting: {name}")
+        if is_secret(name) and not secrets:
+            if only is not None:
+                raise ValueError(f"{name} carries credentials: pass secrets=True")
+            continue
+        value = getattr(settings, name)
+        if value is not None:
+            env[env_name(name)] = _render(value)
+    return env
+
+
+def _render(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

@@ -3,14 +3,14 @@
 A dead letter holds the original entry's fields plus `reason`, `source_id` and `deliveries`.
 Replaying appends the original `event` payload to the event stream again, then deletes the
 dead letter: in that order, so a crash in between replays twice, which the worker's
-deduplication on event_id absorbs — the event is still counted exactly once.
+deduplication on event_id absorbs — the event is still counted exactly once. The Redis side
+is EventStream's (core/stream.py); this is the operator's view of it.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-
-import redis.asyncio as redis
 
 from queueflow.core.stream import (
     DELIVERIES_FIELD,
@@ -18,10 +18,12 @@ from queueflow.core.stream import (
     REASON_FIELD,
     SOURCE_ID_FIELD,
     TRACEPARENT_FIELD,
+    Entry,
     EventStream,
 )
 
 META_FIELDS = (REASON_FIELD, SOURCE_ID_FIELD, DELIVERIES_FIELD)
+PAGE = 100  # dead letters read per round trip when going through all of them
 
 
 @dataclass(frozen=True)
@@ -46,12 +48,13 @@ class DeadLetter:
         }
 
 
-def _dead_letter(entry_id: bytes, fields: dict[bytes, bytes]) -> DeadLetter:
+def _dead_letter(entry: Entry) -> DeadLetter:
     def text(value: bytes) -> str:
         return value.decode("utf-8", "backslashreplace")
 
+    fields = entry.fields
     return DeadLetter(
-        id=text(entry_id),
+        id=text(entry.id),
         reason=text(fields.get(REASON_FIELD, b"")),
         source_id=text(fields.get(SOURCE_ID_FIELD, b"")),
         deliveries=int(fields.get(DELIVERIES_FIELD, b"0") or 0),
@@ -62,48 +65,42 @@ def _dead_letter(entry_id: bytes, fields: dict[bytes, bytes]) -> DeadLetter:
 class DeadLetters:
     def __init__(self, stream: EventStream) -> None:
         self.stream = stream
-        self.client: redis.Redis = stream.client
         self.name = stream.dead_letter_name
 
     async def count(self) -> int:
-        return await self.client.xlen(self.name)
+        return await self.stream.dead_letter_count()
 
     async def page(self, *, count: int, after: str | None = None) -> list[DeadLetter]:
-        start = f"({after}" if after else "-"
-        entries = await self.client.xrange(self.name, min=start, max="+", count=count)
-        return [_dead_letter(entry_id, fields) for entry_id, fields in entries]
+        return [_dead_letter(e) for e in await self.stream.dead_letters(count=count, after=after)]
 
     async def get(self, entry_id: str) -> DeadLetter | None:
-        entries = await self.client.xrange(self.name, min=entry_id, max=entry_id)
-        return _dead_letter(*entries[0]) if entries else None
+        entry = await self.stream.get_dead_letter(entry_id)
+        return _dead_letter(entry) if entry else None
 
     async def replay(self, ids: list[str] | None) -> tuple[int, list[str]]:
         """Replay the given dead letters (all when None); returns (replayed, skipped ids)."""
         replayed, skipped = 0, []
-        async for letter, raw in self._select(ids):
-            if EVENT_FIELD not in raw:
-                skipped.append(letter.id)  # nothing to replay: the entry had no event field
+        async for entry in self._select(ids):
+            event = entry.fields.get(EVENT_FIELD)
+            if event is None:
+                skipped.append(entry.id.decode())  # nothing to replay: the entry had no event
                 continue
-            await self.stream.add([raw[EVENT_FIELD]], raw.get(TRACEPARENT_FIELD))
-            await self.client.xdel(self.name, letter.id)
+            await self.stream.add([event], entry.fields.get(TRACEPARENT_FIELD))
+            await self.stream.delete_dead_letters([entry.id])
             replayed += 1
         return replayed, skipped
 
     async def purge(self, ids: list[str] | None) -> int:
-        if ids is None:
-            removed = await self.client.xlen(self.name)
-            await self.client.delete(self.name)
-            return removed
-        return await self.client.xdel(self.name, *ids) if ids else 0
+        return await self.stream.delete_dead_letters(ids)
 
-    async def _select(self, ids: list[str] | None):
+    async def _select(self, ids: list[str] | None) -> AsyncIterator[Entry]:
         if ids is not None:
             for entry_id in ids:
-                for found_id, fields in await self.client.xrange(self.name, entry_id, entry_id):
-                    yield _dead_letter(found_id, fields), fields
+                if entry := await self.stream.get_dead_letter(entry_id):
+                    yield entry
             return
-        after = "-"
-        while entries := await self.client.xrange(self.name, min=after, max="+", count=100):
-            for found_id, fields in entries:
-                yield _dead_letter(found_id, fields), fields
-            after = f"({entries[-1][0].decode()}"
+        after = None
+        while entries := await self.stream.dead_letters(count=PAGE, after=after):
+            for entry in entries:
+                yield entry
+            after = entries[-1].id

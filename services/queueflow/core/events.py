@@ -36,8 +36,9 @@ from typing import Annotated, Any
 
 import msgspec
 
+from queueflow.core.errors import MAX_LISTED_ERRORS, InvalidEvents, MalformedJSON
+
 FUTURE_SKEW = timedelta(minutes=5)
-MAX_LISTED_ERRORS = 50
 
 # What the store indexes, in UTF-8 bytes: the primary key (site_id, date, path) of the path
 # counts must stay under PostgreSQL's B-tree row limit (2,704 bytes); referrer is grouped on.
@@ -169,9 +170,9 @@ def _problems(
 
 
 def _may_hold_controls(body: bytes, escaped: bool) -> bool:
-    # memchr-speed scans settle nearly every body; the regexes run only when needed, each
-    # starting with a literal (one alternation of all three is ten times slower).
-    # (find, not `in`, which costs twice as much on bytes.)
+    # memchr-speed scans (find, not `in`, which is slower on bytes) settle nearly every body;
+    # the regexes run only when needed, each starting with a literal, which one alternation
+    # of all three cannot (bench/README.md, "Findings").
     if escaped and _ESCAPED_CONTROL.search(body) is not None:
         return True
     if body.find(b"\x7f") >= 0:
@@ -303,24 +304,6 @@ _event_decoder = msgspec.json.Decoder(Event)
 _batch_decoder = msgspec.json.Decoder(list[Event])
 _raw_decoder = msgspec.json.Decoder(msgspec.Raw)
 _encoder = msgspec.json.Encoder()
-
-
-class InvalidEvents(Exception):
-    """Validation failed; `errors` is FastAPI's 422 `detail` list, at most MAX_LISTED_ERRORS
-    of them and then, when there were more, one entry saying how many were not listed."""
-
-    def __init__(self, errors: list[dict[str, Any]], unlisted: int = 0) -> None:
-        unlisted += max(0, len(errors) - MAX_LISTED_ERRORS)
-        errors = errors[:MAX_LISTED_ERRORS]
-        if unlisted:
-            msg = f"{unlisted} more errors not listed (the first {len(errors)} are)"
-            errors.append({"type": "too_many_errors", "loc": ["body"], "msg": msg})
-        super().__init__(errors)
-        self.errors = errors
-
-
-class MalformedJSON(Exception):
-    """The body is not JSON at all (400)."""
 
 
 def _must_be_json(body: bytes) -> None:
@@ -463,8 +446,15 @@ def _error(message: str, prefix: list[str | int]) -> dict[str, Any]:
         msg = f"{loc[-1]} must be at most {BYTE_LIMITS[loc[-1]]} bytes in UTF-8"
     kind = "missing" if msg.startswith("Object missing required field") else "value_error"
     if msg.startswith(("Object missing required field", "Object contains unknown field")):
-        loc.append(msg.split("`")[1])
+        name = msg.split("`")[1]
+        if len(name) > _ECHOED_NAME:  # a 422 never grows with a client's invented field name
+            name = name[:_ECHOED_NAME] + "..."
+            msg = f"{msg.split('`')[0]}`{name}`"
+        loc.append(name)
     return {"type": kind, "loc": loc, "msg": msg}
+
+
+_ECHOED_NAME = 64
 
 
 def _field_error(loc: list[str | int], msg: str) -> dict[str, Any]:
@@ -474,7 +464,8 @@ def _field_error(loc: list[str | int], msg: str) -> dict[str, Any]:
 def new_event_ids(count: int) -> list[str]:
     """UUIDs version 7 (RFC 9562): 48-bit Unix milliseconds, version, 74 random bits. One
     getrandom call serves a whole batch (the OS source keeps forked processes apart), and one
-    regex pass cuts its hex into each id's groups: a third cheaper than slicing per id."""
+    regex pass cuts its hex into each id's groups, cheaper than slicing per id
+    (bench/README.md, "Findings")."""
     ms = f"{time.time_ns() // 1_000_000:012x}"
     head = f"{ms[:8]}-{ms[8:]}-7"
     noise = os.urandom(10 * count).hex()

@@ -20,7 +20,7 @@ from opentelemetry.trace import Span, SpanKind, StatusCode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from queueflow.core import observability as obs
-from queueflow.core import tracing
+from queueflow.core.tracing import Tracing, context_from_headers
 
 log = structlog.get_logger("queueflow.access")
 
@@ -33,8 +33,16 @@ _SERVER_ERROR_BODY = {"type": "http.response.body", "body": b"Internal Server Er
 
 
 class HttpTelemetry:
-    def __init__(self, app: ASGIApp, routes: Collection[str], *, access_log: bool) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        routes: Collection[str],
+        *,
+        access_log: bool,
+        tracing: Tracing | None = None,
+    ) -> None:
         self.app = app
+        self.tracing = tracing or Tracing.off()
         self.routes = frozenset(routes)
         self.access_log = access_log
         self._children: dict[tuple[str, int], tuple] = {}
@@ -57,7 +65,7 @@ class HttpTelemetry:
         route = path if path in self.routes else "other"
         span = token = None
         error: Exception | None = None
-        if tracing.state.enabled:
+        if self.tracing.enabled:
             span = self._server_span(scope, route, path)
             # Attached directly, not through use_span's generator: this runs per request.
             token = context.attach(trace.set_span_in_context(span))
@@ -81,7 +89,7 @@ class HttpTelemetry:
                     client=(scope.get("client") or ("",))[0],
                     exc_info=error,
                 )
-            if span is not None:
+            if span is not None and token is not None:
                 context.detach(token)
                 if span.is_recording():
                     span.set_attribute("http.response.status_code", status)
@@ -95,11 +103,10 @@ class HttpTelemetry:
             await send(_SERVER_ERROR_BODY)
         # Started but unfinished: uvicorn closes the connection ("without completing response").
 
-    @staticmethod
-    def _server_span(scope: Scope, route: str, path: str) -> Span:
-        return tracing.tracer.start_span(
+    def _server_span(self, scope: Scope, route: str, path: str) -> Span:
+        return self.tracing.tracer.start_span(
             f"{scope['method']} {route}",
-            context=tracing.context_from_headers(scope["headers"]),
+            context=context_from_headers(scope["headers"]),
             kind=SpanKind.SERVER,
             attributes={
                 "http.request.method": scope["method"],

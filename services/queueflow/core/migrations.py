@@ -40,7 +40,8 @@ class Migration:
     version: str
     name: str
     sql: str
-    checksum: str
+    checksum: str  # of what runs: the up section's statements (see statements_checksum)
+    legacy_checksum: str  # of the whole file, as databases migrated before recorded it
     in_transaction: bool
 
 
@@ -68,7 +69,8 @@ def load_migrations(directory: Path) -> list[Migration]:
                 version=match["version"],
                 name=match["name"],
                 sql=up,
-                checksum=hashlib.sha256(text.encode()).hexdigest(),
+                checksum=statements_checksum(up, "transaction:false" not in first_line),
+                legacy_checksum=hashlib.sha256(text.encode()).hexdigest(),
                 in_transaction="transaction:false" not in first_line,
             )
         )
@@ -76,6 +78,19 @@ def load_migrations(directory: Path) -> list[Migration]:
     if len(set(versions)) != len(versions):
         raise MigrationError("two migration files share a version number")
     return migrations
+
+
+def statements_checksum(up: str, in_transaction: bool) -> str:
+    """What an applied file may not change: its up section's statements and how they run.
+    Comment lines, blank lines and the (never run) down section are left out, so rewording a
+    comment does not stop a deploy."""
+    lines = [
+        line.strip()
+        for line in up.splitlines()
+        if line.strip() and not line.strip().startswith("--")
+    ]
+    text = "\n".join([f"transaction:{str(in_transaction).lower()}", *lines])
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 async def apply_migrations(settings: Settings, *, attempts: int = 15) -> list[str]:
@@ -87,6 +102,17 @@ async def apply_migrations(settings: Settings, *, attempts: int = 15) -> list[st
     applied = await migrate(settings.database_dsn(), directory, attempts=attempts)
     log.info("schema up to date", applied=applied)
     return applied
+
+
+async def migrate_at_start(settings: Settings) -> None:
+    """Reporting's start-up step (QUEUEFLOW_AUTO_MIGRATE): one try. A database that is down
+    is logged and served around (503 until it answers); workers migrate when it is back."""
+    if not settings.auto_migrate:
+        return
+    try:
+        await apply_migrations(settings, attempts=1)
+    except (OSError, asyncpg.PostgresError) as exc:
+        log.warning("could not migrate at start", error=repr(exc))
 
 
 async def migrate(dsn: str, directory: Path, *, attempts: int = 15) -> list[str]:
@@ -110,7 +136,7 @@ async def _apply_pending(conn: asyncpg.Connection, migrations: list[Migration]) 
         for r in await conn.fetch("SELECT version, checksum FROM schema_migrations")
     }
     for m in migrations:
-        if m.version in applied and applied[m.version] != m.checksum:
+        if m.version in applied and applied[m.version] not in (m.checksum, m.legacy_checksum):
             raise MigrationError(
                 f"migration {m.version}_{m.name} was changed after it was applied; "
                 "add a new migration instead of editing an applied one"

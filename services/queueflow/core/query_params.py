@@ -13,13 +13,16 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date
 from typing import Annotated, Any, Union, get_args, get_origin
+from urllib.parse import unquote_to_bytes
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import AliasChoices, BaseModel
 from pydantic.fields import FieldInfo
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 # U+0000-U+001F and U+007F-U+009F, as in event fields (PostgreSQL refuses NUL in text).
 CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f]")
@@ -157,12 +160,48 @@ async def strict_query(request: Request) -> None:
     cached = _declared_by_route.get(id(route))
     if cached is None or cached[0] is not route:  # routes are unhashable: keyed by identity
         cached = _declared_by_route[id(route)] = (route, declared_query(route))
-    errors = query_errors(request.query_params.multi_items(), cached[1])
+    errors = _undecodable(request.scope["query_string"])
+    errors = errors or query_errors(request.query_params.multi_items(), cached[1])
     if errors:
         raise RequestValidationError(errors)
+
+
+def _undecodable(query_string: bytes) -> list[dict[str, Any]]:
+    """Percent-escapes that are not UTF-8 (`%FF`): Starlette would read them as U+FFFD, so
+    `site_id=a%FF` would quietly name another site."""
+    for pair in query_string.split(b"&"):
+        try:
+            unquote_to_bytes(pair.replace(b"+", b" ")).decode()
+        except UnicodeDecodeError:
+            key = unquote_to_bytes(pair.partition(b"=")[0]).decode(errors="replace")
+            return [query_error("string_unicode", key, "Input should be UTF-8", pair.decode())]
+    return []
+
+
+def query_error(kind: str, key: str, msg: str, value: Any) -> dict[str, Any]:
+    return {"type": kind, "loc": ("query", key), "msg": msg, "input": value}
+
+
+class NoQueryOnDocs:
+    """FastAPI's own routes (the OpenAPI document and its pages) are not APIRoutes, which
+    strict_query checks: they take no parameters either."""
+
+    def __init__(self, app: ASGIApp, paths: frozenset[str]) -> None:
+        self.app, self.paths = app, paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["query_string"] and scope["path"] in self.paths:
+            key = scope["query_string"].split(b"&")[0].partition(b"=")[0].decode("latin-1")
+            error = query_error("extra_forbidden", key, "This route takes no query parameters", "")
+            await JSONResponse({"detail": [error]}, status_code=422)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def strict_app(**options: Any) -> FastAPI:
     """A FastAPI app for a QueueFlow service: every route reads its query string exactly, and
     no 307 turns /path/ into /path (its Location would echo the request's Host header)."""
-    return FastAPI(dependencies=[Depends(strict_query)], redirect_slashes=False, **options)
+    app = FastAPI(dependencies=[Depends(strict_query)], redirect_slashes=False, **options)
+    docs = {app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url}
+    app.add_middleware(NoQueryOnDocs, paths=frozenset(p for p in docs if p))
+    return app

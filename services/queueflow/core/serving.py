@@ -13,6 +13,7 @@ import uvicorn
 from queueflow.core.config import Settings
 from queueflow.core.http_protocol import limited_protocol
 from queueflow.core.http_telemetry import HttpTelemetry, route_paths
+from queueflow.core.tracing import Tracing
 
 
 class Server(uvicorn.Server):
@@ -30,13 +31,14 @@ def make_server(
     settings: Settings | None = None,
     *,
     access_log: bool = True,
-    graceful_s: float = 10,
+    tracing: Tracing | None = None,
+    graceful_s: int = 10,
 ) -> Server:
     """uvicorn serving `app` with HttpTelemetry around it (metrics, access log, spans), under
     the settings' HTTP limits (the environment's, or the defaults, without `settings`)."""
     settings = settings if settings is not None else Settings()
     config = uvicorn.Config(
-        HttpTelemetry(app, route_paths(app), access_log=access_log),
+        HttpTelemetry(app, route_paths(app), access_log=access_log, tracing=tracing),
         host=host,
         port=port,
         loop="none",

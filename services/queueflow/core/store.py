@@ -15,7 +15,7 @@ import asyncpg
 import structlog
 from opentelemetry.trace import SpanKind
 
-from queueflow.core import tracing
+from queueflow.core.tracing import Tracing
 
 log = structlog.get_logger(__name__)
 
@@ -191,13 +191,14 @@ async def connect(dsn: str, *, attempts: int = 15, delay_s: float = 1.0) -> asyn
 
 
 class EventStore:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, tracing: Tracing | None = None) -> None:
         self.pool = pool
+        self.tracing = tracing or Tracing.off()
 
     @contextlib.asynccontextmanager
     async def _connection(self, operation: str, table: str) -> AsyncIterator[asyncpg.Connection]:
         """A pooled connection for one statement, traced as a database client span."""
-        span = tracing.tracer.start_as_current_span(
+        span = self.tracing.tracer.start_as_current_span(
             f"{operation} {table}",
             kind=SpanKind.CLIENT,
             attributes={

@@ -1,14 +1,15 @@
-"""The Redis Stream: the only place that issues XADD, XGROUP, XREADGROUP and XACK.
+"""The Redis Stream: the only place that issues XADD, XGROUP, XREADGROUP and XACK, and the
+only one that reads or changes the dead-letter stream.
 
 An entry holds one field, `event`: the validated event as JSON with its event_id set. The
 entry id's millisecond part is the time Redis accepted it, which the worker stores as the
-event's received_at.
+event's received_at. The hot paths are packed and read by core/redis_wire.py; the rest goes
+through redis-py's commands.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,14 +19,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
+from queueflow.core import redis_wire as wire
 from queueflow.core.coalescer import Coalescer
 from queueflow.core.config import Settings
 from queueflow.core.errors import StreamUnavailable
-
-try:  # what redis-py's hiredis reader returns for "read more" (internal to redis-py)
-    from redis._parsers.hiredis import NOT_ENOUGH_DATA
-except ImportError:  # pragma: no cover - a redis-py without it reads replies one by one
-    NOT_ENOUGH_DATA = None
 
 EVENT_FIELD = b"event"
 REASON_FIELD = b"reason"
@@ -70,46 +67,6 @@ class StreamStats:
     dead_letters: int
 
 
-def _command(*args: bytes) -> bytes:
-    """A command in RESP, the Redis wire protocol: an array of bulk strings."""
-    return b"*%d\r\n" % len(args) + _bulk(*args)
-
-
-def _bulk(*args: bytes) -> bytes:
-    return b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
-
-
-async def _read_replies(conn: Any, count: int) -> list[Any]:
-    """`count` replies, errors returned rather than raised. hiredis's reader is reached
-    through redis-py's parser (not public API); without hiredis, redis-py reads each."""
-    parser = conn._parser
-    reader = getattr(parser, "_reader", None)
-    if NOT_ENOUGH_DATA is None or reader is None or not hasattr(parser, "read_from_socket"):
-        replies = []
-        for _ in range(count):
-            try:
-                replies.append(await conn.read_response())
-            except ResponseError as exc:
-                replies.append(exc)
-        return replies
-    replies = []
-    while len(replies) < count:
-        reply = reader.gets()
-        if reply is NOT_ENOUGH_DATA:
-            await parser.read_from_socket()
-        else:
-            replies.append(reply)
-    return replies
-
-
-def _pairs(flat: list[bytes] | None) -> dict[bytes, bytes]:
-    it = iter(flat or ())
-    return dict(zip(it, it, strict=False))
-
-
-_MULTI, _EXEC = _command(b"MULTI"), _command(b"EXEC")
-
-
 def parse_id(entry_id: bytes | str) -> tuple[int, int]:
     text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
     ms, _, seq = text.partition("-")
@@ -136,8 +93,8 @@ class EventStream:
         self.dead_letter_name = settings.dead_letter_stream
         self.timeout_s = settings.redis_timeout_s
         self.key = self.name.encode()
-        # Every untraced XADD of this stream starts with these bytes; only the event differs.
-        self._xadd_head = _bulk(b"XADD", self.key, b"*", EVENT_FIELD)
+        # Every untraced XADD of this stream is these bytes but for the event.
+        self._xadd_untraced = wire.command_template(b"XADD", self.key, b"*", EVENT_FIELD)
         self._appends = Coalescer(
             self._append, cancelled=lambda: StreamUnavailable("the append was cancelled")
         )
@@ -157,54 +114,20 @@ class EventStream:
         ]
         try:
             if len(commands) == 1:
-                await self._send(commands[0])
+                await wire.call(self.client, commands[0])
             else:
-                await self._transaction(commands)
+                # MULTI ... EXEC, all or nothing: Redis, the one part every ingest pod shares,
+                # spends a quarter less per XADD than inside a Lua script (bench/README.md).
+                await wire.transaction(self.client, commands)
         except (RedisError, OSError, TimeoutError) as exc:
             raise StreamUnavailable(str(exc) or type(exc).__name__) from exc
 
     def _xadd(self, payload: bytes, traceparent: bytes | None) -> bytes:
         if traceparent:
-            return _command(
+            return wire.command(
                 b"XADD", self.key, b"*", EVENT_FIELD, payload, TRACEPARENT_FIELD, traceparent
             )
-        return b"*5\r\n%b$%d\r\n%b\r\n" % (self._xadd_head, len(payload), payload)
-
-    async def _transaction(self, commands: list[bytes]) -> None:
-        """MULTI, the commands and EXEC in one round trip: all of them apply or none do.
-        Redis, the one part every ingest pod shares, spends a quarter less per XADD than
-        inside a Lua script (bench/README.md)."""
-        replies = await self._exchange([_MULTI, *commands, _EXEC])
-        # A command refused while queueing makes EXEC answer EXECABORT: nothing applied.
-        result = replies[-1]
-        for reply in (result, *(result if isinstance(result, list) else ())):
-            if isinstance(reply, Exception):
-                raise reply
-
-    async def _send(self, command: bytes) -> Any:
-        """One command, its reply; an error reply is raised."""
-        (reply,) = await self._exchange([command])
-        if isinstance(reply, Exception):
-            raise reply
-        return reply
-
-    async def _exchange(self, commands: list[bytes]) -> list[Any]:
-        """Commands packed here, written at once, one reply each (errors returned). The hot
-        paths pack and read their own: redis-py's packing in Python and its per-reply
-        bookkeeping cost more than Redis spends on an XADD, and a transaction answers every
-        command it queues, so replies are taken from the connection's hiredis reader."""
-        pool = self.client.connection_pool
-        conn = await pool.get_connection()
-        try:
-            await conn.send_packed_command(commands, check_health=False)
-            timeout = asyncio.timeout(conn.socket_timeout) if conn.socket_timeout else None
-            async with timeout or contextlib.nullcontext():
-                return await _read_replies(conn, len(commands))
-        except BaseException:
-            await conn.disconnect(nowait=True)  # out of step mid-reply: never reuse it
-            raise
-        finally:
-            await pool.release(conn)
+        return self._xadd_untraced % (len(payload), payload)
 
     async def ensure_group(self) -> None:
         """Create the stream and group, starting at the beginning so no earlier event is missed."""
@@ -226,19 +149,17 @@ class EventStream:
     async def _read_group(
         self, consumer: str, count: int, block_ms: int | None, start: bytes
     ) -> list[Entry]:
-        # Packed and parsed here like appends: redis-py's reply parsing in Python cost the
-        # worker more than decoding the events.
+        # On the wire like appends: redis-py's reply parsing in Python cost the worker more
+        # than decoding the events.
         args = [b"XREADGROUP", b"GROUP", self.group.encode(), consumer.encode()]
         args += [b"COUNT", b"%d" % count]
         if block_ms is not None:
             args += [b"BLOCK", b"%d" % block_ms]
-        reply = await self._send(_command(*args, b"STREAMS", self.key, start))
-        if not reply:
-            return []  # nil: nothing arrived within block_ms
-        # RESP2 answers [[stream, entries]], RESP3 (?protocol=3 in the URL) {stream: entries}.
-        (entries,) = reply.values() if isinstance(reply, dict) else (e for _, e in reply)
+        reply = await wire.call(self.client, wire.command(*args, b"STREAMS", self.key, start))
         # A pending entry that was trimmed away comes back with no fields.
-        return [Entry(entry_id, _pairs(fields)) for entry_id, fields in entries]
+        return [
+            Entry(entry_id, wire.pairs(fields)) for entry_id, fields in wire.stream_entries(reply)
+        ]
 
     async def pending_count(self, consumer: str) -> int:
         """How many entries this consumer holds unacknowledged."""
@@ -248,7 +169,7 @@ class EventStream:
 
     async def ack(self, ids: Sequence[bytes]) -> None:
         if ids:
-            await self._send(_command(b"XACK", self.key, self.group.encode(), *ids))
+            await wire.call(self.client, wire.command(b"XACK", self.key, self.group.encode(), *ids))
 
     async def claim_idle(
         self, consumer: str, *, min_idle_ms: int, cursor: bytes, count: int
@@ -266,7 +187,7 @@ class EventStream:
         """How many times each of this consumer's pending entries was delivered (XPENDING)."""
         if not entries:
             return {}
-        rows = await self.client.xpending_range(
+        rows: Any = await self.client.xpending_range(
             self.name,
             self.group,
             min=entries[0].id,
@@ -279,7 +200,7 @@ class EventStream:
     async def dead_letter(self, entry: Entry, reason: str, deliveries: int) -> None:
         """Copy the entry with its reason to the dead-letter stream, then ack it: in that order,
         so a crash in between duplicates a dead letter instead of losing an event."""
-        fields = {
+        fields: dict[Any, Any] = {
             **entry.fields,
             REASON_FIELD: reason.encode(),
             SOURCE_ID_FIELD: entry.id,
@@ -289,6 +210,33 @@ class EventStream:
         pipe.xadd(self.dead_letter_name, fields)
         pipe.xack(self.name, self.group, entry.id)
         await pipe.execute()
+
+    async def dead_letter_count(self) -> int:
+        return await self.client.xlen(self.dead_letter_name)
+
+    async def dead_letters(self, *, count: int, after: bytes | str | None = None) -> list[Entry]:
+        """Up to `count` dead letters in id order, from the first or from just after `after`."""
+        if isinstance(after, bytes):
+            after = after.decode()
+        start = f"({after}" if after else "-"
+        found: Any = await self.client.xrange(
+            self.dead_letter_name, min=start, max="+", count=count
+        )
+        return [Entry(entry_id, fields) for entry_id, fields in found]
+
+    async def get_dead_letter(self, entry_id: bytes | str) -> Entry | None:
+        found: Any = await self.client.xrange(self.dead_letter_name, min=entry_id, max=entry_id)
+        return Entry(*found[0]) if found else None
+
+    async def delete_dead_letters(self, ids: Sequence[bytes | str] | None) -> int:
+        """Delete these dead letters (all when None); returns how many there were."""
+        if ids is None:
+            pipe = self.client.pipeline(transaction=True)  # counted and deleted at once
+            pipe.xlen(self.dead_letter_name)
+            pipe.delete(self.dead_letter_name)
+            removed, _ = await pipe.execute()
+            return removed
+        return await self.client.xdel(self.dead_letter_name, *ids) if ids else 0
 
     async def backlog(self) -> int:
         """Entries not yet processed by the group: undelivered (lag) plus pending."""
@@ -360,7 +308,7 @@ class EventStream:
             await self.client.ping()
 
 
-def _ok(reply: object, default: object) -> object:
+def _ok(reply: Any, default: Any) -> Any:
     """A pipelined reply, or `default` where Redis answered with an error."""
     if isinstance(reply, ResponseError):
         return default

@@ -5,46 +5,53 @@ OTEL_EXPORTER_OTLP_TRACES_ENDPOINT): then spans go to it over OTLP/HTTP through 
 processor, sampled as OTEL_TRACES_SAMPLER says. When off, ingest creates no span at all, so
 tracing costs nothing on the hot path. A request's context travels in its stream entries as
 a W3C `traceparent`, and the worker's batch span links to each producer span.
+
+What is configured is a `Tracing` object that the command builds once and hands to whatever
+makes spans (HTTP telemetry, ingest's endpoints, the consumer, the store): no module state.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.trace import Link, Span
+from opentelemetry.trace import Link, NoOpTracer, Span, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from queueflow import __version__
 
 _propagator = TraceContextTextMapPropagator()
-# Replaced by the SDK's own tracer once configured: the API's proxy tracer adds a layer of
-# calls to every span, which costs on the hot path.
-tracer = trace.get_tracer("queueflow", __version__)
 
 
-class _State:
-    enabled = False
+@dataclass(frozen=True, slots=True)
+class Tracing:
+    """Whether spans are made, and the tracer that makes them: the SDK provider's own tracer,
+    not the API's proxy, whose extra layer of calls costs on the hot path."""
+
+    enabled: bool
+    tracer: Tracer
+
+    @classmethod
+    def off(cls) -> Tracing:
+        return cls(False, NoOpTracer())
 
 
-state = _State()
-
-
-def configure_tracing(service: str, exporter: SpanExporter | None = None) -> bool:
+def configure_tracing(service: str, exporter: SpanExporter | None = None) -> Tracing:
     """Install a tracer provider when OTEL_* asks for one (or an exporter is given, as tests
-    do); returns whether tracing is on."""
+    do); otherwise tracing is off."""
     if exporter is None:
         endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get(
             "OTEL_EXPORTER_OTLP_ENDPOINT"
         )
         disabled = os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true"
         if not endpoint or disabled or os.environ.get("OTEL_TRACES_EXPORTER") == "none":
-            return False
+            return Tracing.off()
         # Imported only when used: the exporter pulls in protobuf.
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
@@ -58,10 +65,7 @@ def configure_tracing(service: str, exporter: SpanExporter | None = None) -> boo
     provider = TracerProvider(resource=resource)
     provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
-    global tracer
-    tracer = provider.get_tracer("queueflow", __version__)
-    state.enabled = True
-    return True
+    return Tracing(True, provider.get_tracer("queueflow", __version__))
 
 
 def context_from_headers(headers: Iterable[tuple[bytes, bytes]]) -> Context | None:

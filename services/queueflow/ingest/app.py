@@ -11,10 +11,11 @@ schema.
 from __future__ import annotations
 
 import asyncio
-import zlib
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import msgspec
 from fastapi import FastAPI, Request
@@ -23,13 +24,10 @@ from starlette.types import Receive, Scope, Send
 
 from queueflow import __version__
 from queueflow.core import observability as obs
-from queueflow.core import tracing
 from queueflow.core.config import Settings
-from queueflow.core.errors import StreamUnavailable
+from queueflow.core.errors import InvalidEvents, MalformedJSON, StreamUnavailable
 from queueflow.core.events import (
     EventWindow,
-    InvalidEvents,
-    MalformedJSON,
     decode_batch,
     decode_event,
     encode_event,
@@ -39,81 +37,51 @@ from queueflow.core.http_telemetry import route_paths
 from queueflow.core.probes import add_probe_routes
 from queueflow.core.query_params import strict_app
 from queueflow.core.stream import EventStream, connect
+from queueflow.core.tracing import Tracing, traceparent
 from queueflow.ingest.backpressure import Backlog
+from queueflow.ingest.body import (
+    ENCODING_ERROR,
+    MEDIA_TYPE_ERROR,
+    QUERY_ERROR,
+    TRANSFER_ERROR,
+    BadGzip,
+    Disconnected,
+    TooLarge,
+    content_coding,
+    gunzip,
+    media_type_ok,
+    read_body,
+)
 from queueflow.ingest.openapi import event_routes_openapi
 
-JSON_TYPES = (b"application/json", b"text/plain")  # text/plain: navigator.sendBeacon(string)
-MEDIA_TYPE_ERROR = "Content-Type must be application/json or text/plain (charset utf-8, if any)"
-ENCODING_ERROR = "Content-Encoding must be gzip or identity"
 _encode = msgspec.json.Encoder().encode
 
 
-class TooLarge(Exception):
-    pass
+@dataclass(frozen=True, slots=True)
+class IngestState:
+    """What ingest's lifespan opens and every request uses, held in the ASGI state under one
+    key (so `queueflow dev` can merge it with reporting's)."""
+
+    stream: EventStream
+    backlog: Backlog
+
+    KEY: ClassVar[str] = "ingest"
+
+    @classmethod
+    def of(cls, scope: Scope) -> IngestState:
+        return scope["state"][cls.KEY]
 
 
-class Disconnected(Exception):
-    """The client went away before sending its whole body: nothing may be enqueued."""
-
-
-class BadGzip(Exception):
-    """A body sent as gzip that does not inflate (400)."""
-
-
-def media_type_ok(value: bytes | None) -> bool:
-    """JSON or text/plain, with no charset but UTF-8 (`;charset=UTF-8`, as sendBeacon sends
-    it, is fine). A missing Content-Type is refused like any other."""
-    if value == b"application/json":  # the usual case, parsed no further
-        return True
-    if value is None:
-        return False
-    media, _, params = value.partition(b";")
-    if media.strip().lower() not in JSON_TYPES:
-        return False
-    for param in params.split(b";"):
-        name, _, given = param.partition(b"=")
-        if name.strip().lower() == b"charset" and given.strip().strip(b'"').lower() != b"utf-8":
-            return False
-    return True
-
-
-def content_coding(value: bytes) -> bytes | None:
-    """b"gzip", b"" for identity (or none), None for anything else (br, deflate, unknown,
-    or gzip twice)."""
-    codings = [c.strip().lower() for c in value.split(b",")]
-    codings = [c for c in codings if c and c != b"identity"]
-    if not codings:
-        return b""
-    if codings in ([b"gzip"], [b"x-gzip"]):
-        return b"gzip"
-    return None
-
-
-def gunzip(data: bytes, limit: int) -> bytes:
-    """Inflate a gzip body (every member of it), stopping at limit + 1 bytes of output: a
-    small body that inflates to gigabytes costs no more than one at the limit."""
-    out, size = [], 0
-    while data:
-        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)  # gzip framing only
-        try:
-            chunk = inflater.decompress(data, limit - size + 1)
-        except zlib.error as exc:
-            raise BadGzip(str(exc)) from None
-        size += len(chunk)
-        if size > limit:
-            raise TooLarge
-        if not inflater.eof:  # under the output cap, so all input was used: it ended early
-            raise BadGzip("the gzip stream is truncated")
-        out.append(chunk)
-        data = inflater.unused_data
-    return b"".join(out)
+def ingest_state(request: Request) -> IngestState:
+    return IngestState.of(request.scope)
 
 
 class EventEndpoint:
     """ASGI endpoint for one event (`batch=False`) or an array of events (`batch=True`)."""
 
-    def __init__(self, settings: Settings, *, batch: bool) -> None:
+    def __init__(self, settings: Settings, *, batch: bool, tracing: Tracing) -> None:
         self.batch = batch
+        self.tracing = tracing
         self.max_body = settings.max_body_bytes
         self.max_events = settings.max_batch_events
         self.window = EventWindow(settings.max_event_age_days)
@@ -126,6 +94,8 @@ class EventEndpoint:
         await send({"type": "http.response.body", "body": body})
 
     async def handle(self, scope: Scope, receive: Receive) -> tuple[int, bytes, list]:
+        if scope["query_string"]:  # never ignored, as on every route (core/query_params.py)
+            return _reject("validation", 422, QUERY_ERROR)
         content_type = coding = None
         declared_length, content_types = None, 0
         for name, value in scope["headers"]:
@@ -135,6 +105,9 @@ class EventEndpoint:
                 declared_length = int(value) if value.isdigit() else None
             elif name == b"content-encoding":
                 coding = value if coding is None else coding + b"," + value
+            elif name == b"transfer-encoding" and value.strip().lower() != b"chunked":
+                # The HTTP parser de-chunks; any other coding (gzip, ...) would pass unread.
+                return _reject("media_type", 415, TRANSFER_ERROR)
         if content_types != 1 or not media_type_ok(content_type):
             return _reject("media_type", 415, MEDIA_TYPE_ERROR)
         gzipped = False
@@ -146,7 +119,7 @@ class EventEndpoint:
         try:
             if declared_length is not None and declared_length > self.max_body:
                 raise TooLarge
-            raw = await self._read_body(receive)
+            raw = await read_body(receive, self.max_body)
             if gzipped:
                 raw = gunzip(raw, self.max_body)
         except TooLarge:
@@ -168,10 +141,11 @@ class EventEndpoint:
         missing = [e for e in events if e.event_id is None]
         for event, event_id in zip(missing, new_event_ids(len(missing)), strict=True):
             event.event_id = event_id
-        ids = [e.event_id for e in events]
+        ids = [e.event_id for e in events if e.event_id is not None]  # all of them, now
+        state = IngestState.of(scope)
         # A 503 names the ids the events carry: after a Redis timeout they may be in the
         # stream yet, and a client that retries with them is still counted once.
-        if scope["state"]["backlog"].over:  # checked after validation: bad input gets its 4xx
+        if state.backlog.over:  # checked after validation: bad input gets its 4xx
             return _reject(
                 "backpressure",
                 503,
@@ -180,7 +154,7 @@ class EventEndpoint:
                 event_ids=ids,
             )
         try:
-            await self._append(scope["state"]["stream"], [encode_event(e) for e in events])
+            await self._append(state.stream, [encode_event(e) for e in events])
         except StreamUnavailable:
             return _reject(
                 "redis_unavailable",
@@ -198,7 +172,7 @@ class EventEndpoint:
         return 202, _encode(reply), _JSON_HEADERS
 
     async def _append(self, stream: EventStream, payloads: list[bytes]) -> None:
-        if not tracing.state.enabled:
+        if not self.tracing.enabled:
             await stream.add(payloads)
             return
         # The request's server span is also the producer: its context goes into each entry
@@ -213,22 +187,7 @@ class EventEndpoint:
                     "messaging.batch.message_count": len(payloads),
                 }
             )
-        await stream.add(payloads, tracing.traceparent(span))
-
-    async def _read_body(self, receive: Receive) -> bytes:
-        """Read the body, giving up as soon as it passes the limit (before any parsing)."""
-        chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise Disconnected
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                raise TooLarge
-            chunks.append(chunk)
-            more = message.get("more_body", False)
-        return b"".join(chunks)
+        await stream.add(payloads, traceparent(span))
 
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -278,11 +237,14 @@ class IngestApp:
             await send({"type": "http.response.body", "body": _NOT_ALLOWED})
 
 
-def create_app(settings: Settings) -> IngestApp:
+def create_app(settings: Settings, tracing: Tracing | None = None) -> IngestApp:
+    """The ingest app; `tracing` (off unless given) makes each request's server span the
+    producer of its stream entries."""
+    tracing = tracing or Tracing.off()
     redis_url = settings.redis_dsn()
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, IngestState]]:
         client = connect(redis_url, timeout_s=settings.redis_timeout_s)
         stream = EventStream(client, settings)
         backlog = Backlog(
@@ -291,20 +253,22 @@ def create_app(settings: Settings) -> IngestApp:
         await backlog.refresh()
         watching = asyncio.create_task(backlog.run())
         try:
-            yield {"stream": stream, "backlog": backlog}
+            yield {IngestState.KEY: IngestState(stream, backlog)}
         finally:
             watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watching
             await client.aclose()
 
     api = strict_app(title="QueueFlow ingest", version=__version__, lifespan=lifespan)
 
     async def redis_check(request: Request) -> None:
-        await request.state.stream.ping()
+        await ingest_state(request).stream.ping()
 
     add_probe_routes(api, {"redis": redis_check})
     event_routes_openapi(api, settings)
     endpoints = {
-        "/event": EventEndpoint(settings, batch=False),
-        "/events": EventEndpoint(settings, batch=True),
+        "/event": EventEndpoint(settings, batch=False, tracing=tracing),
+        "/events": EventEndpoint(settings, batch=True, tracing=tracing),
     }
     return IngestApp(api, endpoints)

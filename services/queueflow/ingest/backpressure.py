@@ -39,5 +39,8 @@ class Backlog:
 
     async def run(self) -> None:
         while True:
-            await self.refresh()
+            try:
+                await self.refresh()
+            except Exception:  # a bug here must not stop backpressure for good
+                log.exception("backlog refresh failed; keeping the last figure")
             await asyncio.sleep(self.refresh_s)

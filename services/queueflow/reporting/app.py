@@ -5,22 +5,23 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Annotated, Any
+from typing import Annotated, ClassVar
 
 import asyncpg
 import structlog
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel
 from pydantic_core import PydanticCustomError
 
 from queueflow import __version__
 from queueflow.core.config import Settings
-from queueflow.core.migrations import apply_migrations
 from queueflow.core.probes import add_probe_routes
 from queueflow.core.query_params import strict_app
 from queueflow.core.store import EventStore, create_pool
+from queueflow.core.tracing import Tracing
 
 log = structlog.get_logger(__name__)
 
@@ -60,20 +61,35 @@ DateQuery = Annotated[date | None, Query(description="UTC day, YYYY-MM-DD [today
 LimitQuery = Annotated[int, Query(ge=1, le=1000, description="How many top paths")]
 
 
-def create_app(settings: Settings) -> FastAPI:
+@dataclass(frozen=True, slots=True)
+class ReportingState:
+    """What reporting's lifespan opens, held in the ASGI state under one key (so `queueflow
+    dev` can merge it with ingest's)."""
+
+    store: EventStore
+
+    KEY: ClassVar[str] = "reporting"
+
+    @classmethod
+    def of(cls, request: Request) -> ReportingState:
+        return request.scope["state"][cls.KEY]
+
+
+def get_store(request: Request) -> EventStore:
+    return ReportingState.of(request).store
+
+
+StoreDep = Annotated[EventStore, Depends(get_store)]
+
+
+def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
     database_url = settings.database_dsn()
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, ReportingState]]:
         pool = await create_pool(database_url, max_size=settings.db_pool_size)
-        if settings.auto_migrate:
-            try:
-                await apply_migrations(settings, attempts=1)
-            except (OSError, asyncpg.PostgresError) as exc:
-                # Serve anyway (503 until the database answers); workers migrate when it does.
-                log.warning("could not migrate at start", error=repr(exc))
         try:
-            yield {"store": EventStore(pool)}
+            yield {ReportingState.KEY: ReportingState(EventStore(pool, tracing))}
         finally:
             await pool.close()
 
@@ -95,10 +111,10 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/stats", tags=["reporting"], summary="A site's totals for one UTC day")
     async def stats(
-        request: Request, site_id: SiteIdQuery, date: DateQuery = None, limit: LimitQuery = 10
+        store: StoreDep, site_id: SiteIdQuery, date: DateQuery = None, limit: LimitQuery = 10
     ) -> DailyStatsResponse:
         day = date or datetime.now(UTC).date()
-        found = await request.state.store.daily_stats(site_id, day, limit)
+        found = await store.daily_stats(site_id, day, limit)
         return DailyStatsResponse(
             site_id=site_id,
             date=day,
@@ -108,7 +124,7 @@ def create_app(settings: Settings) -> FastAPI:
         )
 
     async def database_check(request: Request) -> None:
-        await request.state.store.ping()
+        await get_store(request).ping()
 
     add_probe_routes(app, {"postgres": database_check})
     return app

@@ -25,12 +25,11 @@ from opentelemetry.trace import Span, SpanKind
 from redis.exceptions import RedisError
 
 from queueflow.core import observability as obs
-from queueflow.core import tracing
 from queueflow.core.config import Settings
 from queueflow.core.events import decode_entry, encode_event
-from queueflow.core.migrations import apply_migrations
 from queueflow.core.store import EventStore, stored_event
 from queueflow.core.stream import EVENT_FIELD, TRACEPARENT_FIELD, Entry, EventStream
+from queueflow.core.tracing import Tracing, links
 from queueflow.worker.housekeeping import Housekeeping
 from queueflow.worker.reclaim import Reclaimer
 from queueflow.worker.retry import DataRejected, Retrying, Stopping
@@ -51,8 +50,15 @@ class Batch:
 
 
 class Consumer:
-    def __init__(self, stream: EventStream, store: EventStore, settings: Settings) -> None:
+    def __init__(
+        self,
+        stream: EventStream,
+        store: EventStore,
+        settings: Settings,
+        tracing: Tracing | None = None,
+    ) -> None:
         self.stream = stream
+        self.tracing = tracing or Tracing.off()
         self.store = store
         self.settings = settings
         self.name = settings.consumer
@@ -122,8 +128,6 @@ class Consumer:
             raise
 
     async def _consume(self, stop: asyncio.Event) -> None:
-        if self.settings.auto_migrate:
-            await self.retry.postgres(partial(apply_migrations, self.settings, attempts=1))
         await self.retry.redis(self.stream.ensure_group)
         while not stop.is_set() and (entries := await self.retry.redis(self._read_own_pending)):
             await self.process(entries, redelivered=True)
@@ -212,13 +216,13 @@ class Consumer:
         return inserted
 
     def _batch_span(self, entries: list[Entry]) -> Span:
-        if not tracing.state.enabled:
+        if not self.tracing.enabled:
             return trace.INVALID_SPAN
         producers = (e.fields[TRACEPARENT_FIELD] for e in entries if TRACEPARENT_FIELD in e.fields)
-        return tracing.tracer.start_span(
+        return self.tracing.tracer.start_span(
             f"process {self.stream.name}",
             kind=SpanKind.CONSUMER,
-            links=tracing.links(producers),
+            links=links(producers),
             attributes={
                 "messaging.system": "redis",
                 "messaging.operation.type": "process",

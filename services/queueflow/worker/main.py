@@ -3,38 +3,37 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
+from functools import partial
 
 import structlog
 from fastapi import FastAPI, Request
 
 from queueflow import __version__
 from queueflow.core.config import Settings
+from queueflow.core.migrations import apply_migrations
 from queueflow.core.probes import NotReady, add_probe_routes
 from queueflow.core.query_params import strict_app
 from queueflow.core.serving import make_server, stop_on_signals
 from queueflow.core.store import EventStore, create_pool
 from queueflow.core.stream import EventStream, connect
+from queueflow.core.tracing import Tracing
 from queueflow.worker.consumer import Consumer
+from queueflow.worker.retry import Retrying, Stopping
 from queueflow.worker.stream_metrics import export_stream_metrics
 
 log = structlog.get_logger(__name__)
 
 
 def create_ops_app(stream: EventStream, store: EventStore, consumer: Consumer) -> FastAPI:
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        yield {"stream": stream, "store": store}
-
-    app = strict_app(title="QueueFlow worker", version=__version__, lifespan=lifespan)
+    """/healthz, /readyz and /metrics of a worker whose parts run_worker owns (no lifespan:
+    the checks hold the parts they check)."""
+    app = strict_app(title="QueueFlow worker", version=__version__)
 
     async def redis_check(request: Request) -> None:
-        await request.state.stream.ping()
+        await stream.ping()
 
     async def database_check(request: Request) -> None:
-        await request.state.store.ping()
+        await store.ping()
 
     async def consumer_check(request: Request) -> None:
         # Dependencies can answer a ping while every batch is refused (permissions, a
@@ -49,7 +48,30 @@ def create_ops_app(stream: EventStream, store: EventStore, consumer: Consumer) -
     return app
 
 
-async def run_worker(settings: Settings, host: str, port: int) -> int:
+async def migrate_at_start(settings: Settings, stop: asyncio.Event) -> bool:
+    """The worker's start-up step (QUEUEFLOW_AUTO_MIGRATE): apply pending migrations, waiting
+    with backoff while PostgreSQL is down (/readyz says so meanwhile), so that no batch is
+    written to an older schema. False when a stop came first."""
+    if not settings.auto_migrate:
+        return True
+    try:
+        await Retrying(stop).postgres(partial(apply_migrations, settings, attempts=1))
+    except Stopping:
+        return False
+    return True
+
+
+async def _migrate_then_consume(
+    consumer: Consumer, settings: Settings, stop: asyncio.Event
+) -> int | None:
+    if not await migrate_at_start(settings, stop):
+        return 0  # stopped before consuming anything: nothing is pending
+    return await consumer.run(stop)
+
+
+async def run_worker(
+    settings: Settings, host: str, port: int, tracing: Tracing | None = None
+) -> int:
     """Run until SIGTERM/SIGINT; returns 0 when the batch in hand was finished in time."""
     stop = stop_on_signals()
     # A blocking XREADGROUP holds the socket for up to block_ms: the read timeout must exceed it.
@@ -58,12 +80,12 @@ async def run_worker(settings: Settings, host: str, port: int) -> int:
     )
     # Pipelined batches and a reclaimed page may commit at once: the pool needs two at least.
     pool = await create_pool(settings.database_dsn(), max_size=max(2, settings.db_pool_size))
-    stream, store = EventStream(client, settings), EventStore(pool)
-    consumer = Consumer(stream, store, settings)
+    stream, store = EventStream(client, settings), EventStore(pool, tracing)
+    consumer = Consumer(stream, store, settings, tracing)
     ops = create_ops_app(stream, store, consumer)
     server = make_server(ops, host, port, settings, access_log=settings.access_log)
     serving = asyncio.create_task(server.serve())
-    consuming = asyncio.create_task(consumer.run(stop))
+    consuming = asyncio.create_task(_migrate_then_consume(consumer, settings, stop))
     exporting = asyncio.create_task(
         export_stream_metrics(stream, settings.stream_metrics_interval_ms / 1000, stop)
     )

@@ -27,9 +27,10 @@ POSTGRES_ERRORS = (
 )
 # SQLSTATEs that heal by waiting whatever the statement holds: connection (08), transaction
 # rollback (40: serialization, deadlock), insufficient resources (53: disk full, too many
-# connections), operator intervention (57: shutdown, cancel), system error (58), and locks
-# not available (55P03, 55006).
-TRANSIENT_SQLSTATES = ("08", "40", "53", "57", "58", "55P03", "55006")
+# connections), operator intervention (57P: shutdown, cannot connect now), system error (58),
+# and locks not available (55P03, 55006). A cancelled statement (57014, a statement_timeout)
+# is not among them: a batch that always times out while the empty one does not is isolated.
+TRANSIENT_SQLSTATES = ("08", "40", "53", "57P", "58", "55P03", "55006")
 # A statement PostgreSQL refuses this many times in a row, with an error that is not
 # transient, is checked against the probe (the same statement with no rows).
 REFUSALS_BEFORE_PROBE = 3

@@ -7,26 +7,37 @@ import asyncio
 import contextlib
 import time
 
+import structlog
 from redis.exceptions import RedisError
 
 from queueflow.core import observability as obs
 from queueflow.core.stream import EventStream
+
+log = structlog.get_logger(__name__)
 
 
 async def export_stream_metrics(
     stream: EventStream, interval_s: float, stop: asyncio.Event
 ) -> None:
     while not stop.is_set():
-        with contextlib.suppress(RedisError, OSError, TimeoutError):
-            # Redis down: the gauges keep their last values; the consumer logs the outage.
-            stats = await stream.stats()
-            obs.STREAM_LENGTH.set(stats.length)
-            obs.STREAM_LAG.set(stats.lag)
-            obs.STREAM_PENDING.set(stats.pending)
-            obs.STREAM_CONSUMERS.set(stats.consumers)
-            obs.DEAD_LETTER_LENGTH.set(stats.dead_letters)
-            oldest = stats.oldest_pending_ms
-            age_s = 0.0 if oldest is None else max(0.0, time.time() - oldest / 1000)
-            obs.STREAM_OLDEST_PENDING_AGE.set(age_s)
+        try:
+            await _export(stream)
+        except (RedisError, OSError, TimeoutError):
+            pass  # Redis down: the gauges keep their last values; the consumer logs the outage
+        except Exception:  # a bug here must not stop the gauges for good
+            log.exception("stream metrics failed; keeping the last values")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval_s)
+
+
+async def _export(stream: EventStream) -> None:
+    stats = await stream.stats()
+    obs.STREAM_LENGTH.set(stats.length)
+    obs.STREAM_LAG.set(stats.lag)
+    obs.STREAM_PENDING.set(stats.pending)
+    obs.STREAM_CONSUMERS.set(stats.consumers)
+    obs.DEAD_LETTER_LENGTH.set(stats.dead_letters)
+    oldest = stats.oldest_pending_ms
+    obs.STREAM_OLDEST_PENDING_AGE.set(
+        0.0 if oldest is None else max(0.0, time.time() - oldest / 1000)
+    )
