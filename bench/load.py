@@ -18,7 +18,8 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 
-from queueflow.core.events import Event, encode_event, new_event_ids
+from queueflow.core.event_ids import new_event_ids
+from queueflow.core.events import Event, encode_event
 
 CONNECTIONS = 50
 

@@ -13,13 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from queueflow.core.errors import InvalidEvents, MalformedJSON
+from queueflow.core.event_ids import new_event_ids
 from queueflow.core.events import (
     EventWindow,
     decode_batch,
     decode_entry,
     decode_event,
     encode_event,
-    new_event_ids,
 )
 from tests.helpers import event
 

@@ -25,10 +25,7 @@ most MAX_LISTED_ERRORS errors, then says how many more there were.
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import time
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from itertools import chain
@@ -37,6 +34,7 @@ from typing import Annotated, Any
 import msgspec
 
 from queueflow.core.errors import MAX_LISTED_ERRORS, InvalidEvents, MalformedJSON
+from queueflow.core.json_keys import Found, duplicate_keys, structural_quotes
 
 FUTURE_SKEW = timedelta(minutes=5)
 
@@ -48,7 +46,6 @@ BYTE_LIMITS = {"site_id": 256, "path": 2048, "referrer": 2048}
 # or as the bytes of DEL (\x7f) or of a C1 character (\xc2\x80-\xc2\x9f).
 _ESCAPED_CONTROL = re.compile(rb"\\(?:u00[0189]|u007[fF]|[bfnrt])")
 _C1_CONTROL = re.compile(rb"\xc2[\x80-\x9f]")
-_QUOTE_ESCAPES = re.compile(rb'\\[\\"]')
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # The alphabet is a rule per character, so one match over all of a batch's ids, joined with
 # nothing between them, is exact (each id is non-empty: msgspec checked that).
@@ -181,7 +178,6 @@ def _may_hold_controls(body: bytes, escaped: bool) -> bool:
 
 
 # (index of the event, loc below it, message)
-Found = list[tuple[int, list[str | int], str]]
 
 
 def _check(
@@ -246,58 +242,10 @@ def _check(
         for index in sorted(set(suspects)):
             for field, msg in _problems(events[index], window, bounds, controls):
                 found.append((index, [field], msg))
-    if _structural_quotes(body, escaped) != quotes:
-        found.extend(_duplicate_keys(body, batch))
+    if structural_quotes(body, escaped) != quotes:
+        found.extend(duplicate_keys(body, batch))
         found.sort(key=lambda item: item[0])  # stable: each event's errors stay in order
     return found
-
-
-def _structural_quotes(body: bytes, escaped: bool) -> int:
-    """The `"` that delimit strings: all of them, less the escaped ones. Matched left to
-    right, `\\\\` and `\\"` pair up exactly as JSON reads its escapes (a backslash always
-    starts one, and no other escape holds a backslash or a quote)."""
-    if not escaped:
-        return body.count(b'"')
-    return body.count(b'"') - _QUOTE_ESCAPES.findall(body).count(b'\\"')
-
-
-class _Pairs(list):
-    """A JSON object as json.loads saw it: its (key, value) pairs, duplicates kept."""
-
-
-def _duplicate_keys(body: bytes, batch: bool) -> Found:
-    """Keys repeated within an event, or within its properties (the exact, slower pass)."""
-
-    def keep(text: str) -> str:
-        return text
-
-    try:
-        tree = json.loads(
-            body, object_pairs_hook=_Pairs, parse_int=keep, parse_float=keep, parse_constant=keep
-        )
-    except (ValueError, RecursionError):  # msgspec read it; json should too
-        return []
-    found: Found = []
-    for index, pairs in enumerate(tree if batch else [tree]):
-        if not isinstance(pairs, _Pairs):
-            continue
-        for key in _repeated(pairs):
-            found.append((index, [key], f"duplicate key `{key}`"))
-        for key, value in pairs:
-            if key == "properties" and isinstance(value, _Pairs):
-                for name in _repeated(value):
-                    found.append((index, ["properties", name], f"duplicate property `{name}`"))
-    return found
-
-
-def _repeated(pairs: list[tuple[str, Any]]) -> list[str]:
-    seen: set[str] = set()
-    repeated: list[str] = []
-    for key, _ in pairs:
-        if key in seen and key not in repeated:
-            repeated.append(key)
-        seen.add(key)
-    return repeated
 
 
 _event_decoder = msgspec.json.Decoder(Event)
@@ -459,23 +407,6 @@ _ECHOED_NAME = 64
 
 def _field_error(loc: list[str | int], msg: str) -> dict[str, Any]:
     return {"type": "value_error", "loc": loc, "msg": msg}
-
-
-def new_event_ids(count: int) -> list[str]:
-    """UUIDs version 7 (RFC 9562): 48-bit Unix milliseconds, version, 74 random bits. One
-    getrandom call serves a whole batch (the OS source keeps forked processes apart), and one
-    regex pass cuts its hex into each id's groups, cheaper than slicing per id
-    (bench/README.md, "Findings")."""
-    ms = f"{time.time_ns() // 1_000_000:012x}"
-    head = f"{ms[:8]}-{ms[8:]}-7"
-    noise = os.urandom(10 * count).hex()
-    return [f"{head}{a}-{_VARIANT[v]}{b}-{c}" for a, v, b, c in _ID_GROUPS.findall(noise)]
-
-
-# 20 random hex digits per id: 3, one for the variant, 3, 12, and one left unused.
-_ID_GROUPS = re.compile(r"(.{3})(.)(.{3})(.{12}).", re.S)
-# The variant digit: bits 10, then two random bits taken from a random hex digit.
-_VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
 
 
 def encode_event(event: Event) -> bytes:

@@ -26,12 +26,12 @@ from queueflow import __version__
 from queueflow.core import observability as obs
 from queueflow.core.config import Settings
 from queueflow.core.errors import InvalidEvents, MalformedJSON, StreamUnavailable
+from queueflow.core.event_ids import new_event_ids
 from queueflow.core.events import (
     EventWindow,
     decode_batch,
     decode_event,
     encode_event,
-    new_event_ids,
 )
 from queueflow.core.http_telemetry import route_paths
 from queueflow.core.probes import add_probe_routes
