@@ -1,13 +1,16 @@
 """The HTTP server every service shares, against hostile and odd clients over raw sockets: idle,
-slow and oversized requests are cut off in bounded time and memory, HTTP/1.0 clients never get
-chunked answers, a half-closed client still gets its answer, and a route's exception is logged
-once with its frames."""
+slow and oversized requests, and clients that do not read their answers or pipeline without end,
+are cut off in bounded time and memory, pipelined requests are answered in order, HTTP/1.0
+clients never get chunked answers, a half-closed client still gets its answer, and a route's
+exception is logged once with its frames."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import os
+import socket
 import subprocess
 import sys
 import time
@@ -251,6 +254,166 @@ async def test_half_closed_client_gets_its_answer(settings, redis_client) -> Non
     assert headers[b"connection"] == b"close"
     assert b'"event_id":"half-closed"' in reply
     assert await redis_client.xlen(settings.stream) == 1
+
+
+# Clients that do not read their answers, or pipeline without end. A 4 KB receive buffer
+# still lets the kernel take about 3 MB of answers (the server's send buffer grows): the
+# answers here are larger than that, or (/metrics, a few KB) many.
+
+
+class Large(Echo):
+    """Answers `size` bytes in parts of `part` (each send waits while the client's buffers are
+    full); `ended` is when its last send returned."""
+
+    def __init__(self, size: int, part: int) -> None:
+        super().__init__()
+        self.size, self.part, self.ended = size, part, 0.0
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            await super().__call__(scope, receive, send)
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-length", b"%d" % self.size)],
+            }
+        )
+        for sent in range(0, self.size, self.part):
+            more = sent + self.part < self.size
+            await send({"type": "http.response.body", "body": b"x" * self.part, "more_body": more})
+        self.ended = time.monotonic()
+
+
+def held_sockets(pid: int, port: int) -> int:
+    """How many connections process `pid` holds on its listening `port`."""
+    return sum(
+        1
+        for c in psutil.Process(pid).net_connections("tcp")
+        if c.laddr and c.laddr.port == port and c.status != psutil.CONN_LISTEN
+    )
+
+
+async def until_held(pid: int, port: int, count: int, timeout_s: float) -> None:
+    async def held() -> bool:
+        return held_sockets(pid, port) == count
+
+    await until(held, timeout_s)
+
+
+async def not_reading(port: int, data: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection with a 4 KB receive buffer that sends `data` (all of it, whatever the
+    server reads) and reads nothing until the caller does."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(data)
+    return reader, writer
+
+
+async def read_all(reader: asyncio.StreamReader) -> bytes:
+    """What the connection still delivers, up to its end (a reset ends it too)."""
+    chunks = []
+    with contextlib.suppress(ConnectionError):
+        while chunk := await asyncio.wait_for(reader.read(1 << 20), 5):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def test_a_client_that_does_not_read_its_answer_is_cut_off() -> None:
+    # 8 MB answers: more than the kernel's socket buffers take for a client that reads nothing.
+    app = Large(8 * 2**20, 2**20)
+    async with listening(app, load_settings(**SHORT)) as port:
+        clients = [await not_reading(port, request("GET", "/")) for _ in range(5)]
+        started = time.monotonic()
+        # Generous bounds: a loaded 2-core CI machine is slow; the old code held them forever.
+        await until_held(os.getpid(), port, 0, 20)
+        elapsed = time.monotonic() - started
+        got = [await read_all(reader) for reader, _ in clients]
+        for _, writer in clients:
+            writer.close()
+        # The app was not stuck either: its sends returned once the connection was gone.
+        assert 0 < app.ended - started < elapsed + 0.5
+    assert 0.4 < elapsed < 10
+    assert all(len(answer) < app.size for answer in got)
+
+
+async def test_a_client_that_reads_slowly_but_steadily_gets_its_answer() -> None:
+    # 6 MB in 64 KB parts, read at about 3 MB/s: more than the kernel's buffers take (about
+    # 3 MB), so the server waits for the client many times, and longer than the send timeout
+    # in all, but never that long at a time.
+    app = Large(6 * 2**20, 2**16)
+    async with listening(app, load_settings(**SHORT)) as port:
+        reader, writer = await not_reading(port, request("GET", "/", version="1.0"))
+        started = time.monotonic()
+        answer = b""
+        while chunk := await asyncio.wait_for(reader.read(2**16), 5):
+            answer += chunk
+            await asyncio.sleep(0.02)
+        elapsed = time.monotonic() - started
+        writer.close()
+    assert head(answer)[0] == b"HTTP/1.1 200 OK"
+    assert len(head(answer)[2]) == app.size
+    assert elapsed > 0.5  # the answer took longer than the send timeout
+
+
+async def test_pipelined_requests_are_all_answered_in_order() -> None:
+    # More requests than are parsed ahead (16), with bodies and LF-full bodies to slice, in one
+    # write; then a few, and a keep-alive client sending one request at a time.
+    bodies = [b"a" * (37 * i) if i % 2 else b"line\n" * (11 * i) for i in range(60)]
+    burst = b"".join(request("POST", "/", body) if body else request("GET", "/") for body in bodies)
+    async with listening(Echo(), load_settings(**SHORT)) as port:
+        many = await exchange(port, burst, half_close=True)
+        few = await exchange(port, request("GET", "/") * 3, half_close=True)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        one_by_one = b""
+        for body in bodies:
+            writer.write(request("POST", "/", body))
+            one_by_one += await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 5)
+        writer.close()
+    expected = [b"read %d bytes" % len(body) for body in bodies]
+    assert _bodies(many) == expected
+    assert _bodies(few) == [b"read 0 bytes"] * 3
+    assert _bodies(one_by_one) == expected
+
+
+def _bodies(answers: bytes) -> list[bytes]:
+    """The bodies of chunked answers from Echo: b'read N bytes' each, in order."""
+    return [
+        b"read " + part.split(b"\r\n", 1)[0] + b" bytes" for part in answers.split(b"read ")[1:]
+    ]
+
+
+async def test_a_pipelined_flood_that_is_never_read_is_cut_off_in_bounded_memory(settings) -> None:
+    env = {
+        **service_env(settings),
+        "QUEUEFLOW_HTTP_BODY_TIMEOUT_S": "0.5",
+        "QUEUEFLOW_HTTP_KEEPALIVE_TIMEOUT_S": "0.5",
+    }
+    ingest = Service("ingest", env).wait_healthy()
+    try:
+        port, process = ingest.port, psutil.Process(ingest.proc.pid)
+        before = process.memory_info().rss
+        flood = request("GET", "/metrics") * 5000
+        clients = [await not_reading(port, flood) for _ in range(3)]
+        started, peak = time.monotonic(), before
+        await until_held(process.pid, port, len(clients), 5)
+        while held_sockets(process.pid, port) and time.monotonic() - started < 10:
+            peak = max(peak, process.memory_info().rss)
+            await asyncio.sleep(0.05)
+        elapsed = time.monotonic() - started
+        for _, writer in clients:
+            writer.close()
+        # The service still answers others at once.
+        healthz = await exchange(port, request("GET", "/healthz"), half_close=True, wait=2)
+        assert head(healthz)[0] == b"HTTP/1.1 200 OK"
+    finally:
+        assert ingest.stop() == 0
+    assert elapsed < 3, "a non-reading pipelining client still held its connection"
+    grown = peak - before
+    assert grown < 4 * 2**20, f"RSS grew {grown / 2**20:.1f} MB for 3 x 5000 pipelined requests"
 
 
 SERVER = """

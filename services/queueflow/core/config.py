@@ -153,7 +153,11 @@ class Settings(BaseSettings):
         description="seconds from a connection's opening (or next request) to its headers' end",
     )
     http_body_timeout_s: float = Field(
-        30, gt=0, le=3600, description="seconds from the headers' end to the body's end"
+        30,
+        gt=0,
+        le=3600,
+        description="seconds from the headers' end to the body's end; also an answer's wait "
+        "for a non-reader",
     )
     http_keepalive_timeout_s: float = Field(
         5, gt=0, le=3600, description="seconds a kept-alive connection may idle between requests"
