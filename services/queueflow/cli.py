@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -88,7 +90,8 @@ def _add_setting_flag(parser: argparse.ArgumentParser, setting: str) -> None:
     """`--<setting-with-dashes>`, as the setting declares it (config.py): help from its
     description, None unless given (then the environment or the default applies)."""
     field = Settings.model_fields[setting]
-    kind = field.annotation if field.annotation in (int, float) else str  # pydantic checks
+    # The flag parses numbers only; pydantic checks every value (bounds, literals, URLs).
+    kind: Callable[[str], Any] = {int: int, float: float}.get(field.annotation, str)  # type: ignore[arg-type]
     shown = "" if field.default is None or field.default_factory else f", default {field.default}"
     parser.add_argument(
         flag_name(setting),
