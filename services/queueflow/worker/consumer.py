@@ -62,7 +62,9 @@ class Consumer:
         self.store = store
         self.settings = settings
         self.name = settings.consumer
-        self.own_pending_unread = False  # a read failed: entries may be ours, unseen
+        # Entries this consumer may hold unseen: a previous life's, or a read whose reply was
+        # lost. True at start, so the loop's first step takes back the previous life's.
+        self.own_pending_unread = True
         self.retry = Retrying(asyncio.Event())  # run() binds it to the real stop event
         self.reclaimer = Reclaimer(
             stream,
@@ -129,8 +131,6 @@ class Consumer:
 
     async def _consume(self, stop: asyncio.Event) -> None:
         await self.retry.redis(self.stream.ensure_group)
-        while not stop.is_set() and (entries := await self.retry.redis(self._read_own_pending)):
-            await self.process(entries, redelivered=True)
         committing: asyncio.Task[int] | None = None
         try:
             while not stop.is_set():
