@@ -15,6 +15,11 @@ from tests.chart.tools import helm_binary
 CHART = Path(__file__).resolve().parents[2] / "charts" / "queueflow"
 RELEASE = "qf"
 NAMESPACE = "analytics"
+# The install scenarios, as the chart keeps them (charts/queueflow/ci/<name>-values.yaml).
+SCENARIOS: dict[str, dict] = {
+    path.name.removesuffix("-values.yaml"): yaml.safe_load(path.read_text()) or {}
+    for path in sorted((CHART / "ci").glob("*-values.yaml"))
+}
 
 Render = Callable[..., list[dict]]
 
@@ -42,11 +47,18 @@ def render(helm: Path) -> Render:
     cluster is said to serve (as `--api-versions`)."""
 
     def render(
-        values: dict | None = None, *, api_versions: tuple[str, ...] = (), kube: str = "1.33.0"
+        values: dict | None = None,
+        *,
+        api_versions: tuple[str, ...] = (),
+        kube: str = "1.33.0",
+        upgrade: bool = False,
+        release: str = RELEASE,
     ) -> list[dict]:
         extra = [a for api in api_versions for a in ("--api-versions", api)]
+        if upgrade:
+            extra.append("--is-upgrade")
         done = run_helm(
-            helm, "template", RELEASE, str(CHART), "--kube-version", kube, *extra, values=values
+            helm, "template", release, str(CHART), "--kube-version", kube, *extra, values=values
         )
         assert done.returncode == 0, done.stderr
         return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
@@ -65,3 +77,13 @@ def one(objects: list[dict], kind: str, name_suffix: str = "") -> dict:
 
 def pod_spec(obj: dict) -> dict:
     return obj["spec"] if obj["kind"] == "Pod" else obj["spec"]["template"]["spec"]
+
+
+def hook_phases(obj: dict) -> list[str]:
+    """The Helm hook phases an object runs in; [] for an ordinary release object."""
+    value = obj["metadata"].get("annotations", {}).get("helm.sh/hook", "")
+    return [phase for phase in value.split(",") if phase]
+
+
+def env_of(container: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in container.get("env", [])}

@@ -3,7 +3,6 @@ against the Kubernetes schemas, and what the objects say asserted."""
 
 from __future__ import annotations
 
-import json
 import tomllib
 from pathlib import Path
 
@@ -11,13 +10,19 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.chart.conftest import CHART, RELEASE, Render, find, one, pod_spec, run_helm
+from tests.chart.conftest import (
+    CHART,
+    RELEASE,
+    SCENARIOS,
+    Render,
+    env_of,
+    find,
+    one,
+    pod_spec,
+    run_helm,
+)
 
 KUBERNETES_VERSIONS = ("1.30.0", "1.33.0", "1.35.0")  # oldest supported, and newer ones
-MONITORING_APIS = (
-    "monitoring.coreos.com/v1/ServiceMonitor",
-    "monitoring.coreos.com/v1/PrometheusRule",
-)
 CUSTOM_KINDS = {  # kinds of CRDs, which kubernetes-validate has no schema for
     "ServiceMonitor": "monitoring.coreos.com/v1",
     "PrometheusRule": "monitoring.coreos.com/v1",
@@ -25,37 +30,10 @@ CUSTOM_KINDS = {  # kinds of CRDs, which kubernetes-validate has no schema for
     "TriggerAuthentication": "keda.sh/v1alpha1",
     "HTTPRoute": "gateway.networking.k8s.io/v1",
 }
-EXTERNAL = {
-    "redis": {"enabled": False},
-    "externalRedis": {"existingSecret": "analytics-redis", "existingSecretKey": "url"},
-    "postgresql": {"enabled": False},
-    "externalDatabase": {"existingSecret": "analytics-db", "existingSecretKey": "url"},
-}
-KEDA = {"worker": {"autoscaling": {"enabled": False}, "keda": {"enabled": True}}}
-NO_HPA = {
-    "ingest": {"autoscaling": {"enabled": False}, "replicaCount": 1},
-    "worker": {"autoscaling": {"enabled": False}, "replicaCount": 3},
-}
-INGRESS = {
-    "ingress": {
-        "enabled": True,
-        "className": "nginx",
-        "hosts": [{"host": "analytics.example.com"}],
-        "tls": [{"hosts": ["analytics.example.com"], "secretName": "analytics-tls"}],
-    },
-    "httpRoute": {"enabled": True, "parentRefs": [{"name": "public", "namespace": "gateways"}]},
-}
-MONITORING_FORCED = {
-    "monitoring": {"serviceMonitor": {"force": True}, "prometheusRule": {"force": True}}
-}
-VALUE_SETS = {
-    "defaults": {},
-    "external_existing_secrets": EXTERNAL,
-    "keda": KEDA,
-    "hpa_off": NO_HPA,
-    "ingress_tls_httproute": INGRESS,
-    "monitoring_forced": MONITORING_FORCED,
-}
+EXTERNAL = SCENARIOS["external-existing-secrets"]
+KEDA = SCENARIOS["keda"]
+NO_HPA = SCENARIOS["hpa-off"]
+INGRESS = SCENARIOS["ingress"]
 RESTRICTED_CONTAINER = {
     "allowPrivilegeEscalation": False,
     "readOnlyRootFilesystem": True,
@@ -67,26 +45,26 @@ WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job", "Pod")
 
 
 def test_lint_strict(helm: Path) -> None:
-    for values in VALUE_SETS.values():
+    for values in SCENARIOS.values():
         done = run_helm(helm, "lint", "--strict", str(CHART), values=values)
         assert done.returncode == 0, done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("name", VALUE_SETS)
+@pytest.mark.parametrize("name", SCENARIOS)
 def test_every_object_is_valid_kubernetes(render: Render, name: str) -> None:
     for version in KUBERNETES_VERSIONS:
-        for obj in render(VALUE_SETS[name], kube=version):
+        for obj in render(SCENARIOS[name], kube=version):
             if obj["kind"] in CUSTOM_KINDS:
                 assert obj["apiVersion"] == CUSTOM_KINDS[obj["kind"]]
                 continue
             kubernetes_validate.validate(obj, version, strict=True)
 
 
-@pytest.mark.parametrize("name", VALUE_SETS)
+@pytest.mark.parametrize("name", SCENARIOS)
 def test_every_container_has_probes_resources_and_restricted_security(
     render: Render, name: str
 ) -> None:
-    workloads = [o for o in render(VALUE_SETS[name]) if o["kind"] in WORKLOAD_KINDS]
+    workloads = [o for o in render(SCENARIOS[name]) if o["kind"] in WORKLOAD_KINDS]
     assert workloads
     for obj in workloads:
         spec = pod_spec(obj)
@@ -221,66 +199,18 @@ def test_redis_keeps_every_entry_and_postgres_persists(render: Render) -> None:
 def test_external_servers_come_from_existing_secrets(render: Render) -> None:
     objects = render(EXTERNAL)
     assert not find(objects, "StatefulSet") and not find(objects, "Secret")
+    redis = {"name": "analytics-redis", "key": "url"}
+    database = {"name": "analytics-db", "key": "url"}
     for deployment in find(objects, "Deployment"):
-        env = {e["name"]: e for e in pod_spec(deployment)["containers"][0]["env"]}
-        assert env["REDIS_URL"]["valueFrom"]["secretKeyRef"] == {
-            "name": "analytics-redis",
-            "key": "url",
-        }
-        assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {
-            "name": "analytics-db",
-            "key": "url",
-        }
-    # Only the release's own pods may reach the bundled servers; without them, no such policy.
+        env = env_of(pod_spec(deployment)["containers"][0])
+        if "REDIS_URL" in env:
+            assert env["REDIS_URL"]["valueFrom"]["secretKeyRef"] == redis
+        if "DATABASE_URL" in env:
+            assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"] == database
+    # Without bundled servers there is nothing of theirs to protect.
     assert {p["metadata"]["name"] for p in find(objects, "NetworkPolicy")} == {
         f"{RELEASE}-queueflow-{c}" for c in ("ingest", "reporting", "worker")
     }
-
-
-def test_bundled_servers_reachable_only_from_the_release(render: Render) -> None:
-    objects = render()
-    for component, port in (("redis", 6379), ("postgresql", 5432)):
-        policy = one(objects, "NetworkPolicy", f"-{component}")
-        (rule,) = policy["spec"]["ingress"]
-        assert rule["ports"] == [{"port": port, "protocol": "TCP"}]
-        assert rule["from"] == [
-            {
-                "podSelector": {
-                    "matchLabels": {
-                        "app.kubernetes.io/name": "queueflow",
-                        "app.kubernetes.io/instance": RELEASE,
-                    }
-                }
-            }
-        ]
-    ingest = one(objects, "NetworkPolicy", "-ingest")
-    assert "from" not in ingest["spec"]["ingress"][0]  # the public API: from anywhere
-
-
-def test_migrations_hook_before_upgrade_and_before_install_with_an_external_database(
-    render: Render,
-) -> None:
-    job = one(render(), "Job")
-    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-upgrade"
-    assert job["spec"]["ttlSecondsAfterFinished"] > 0
-    assert pod_spec(job)["containers"][0]["args"] == ["migrate"]
-    external = one(render(EXTERNAL), "Job")
-    assert external["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
-    config = one(render(), "ConfigMap", f"{RELEASE}-queueflow")["data"]
-    assert config["QUEUEFLOW_AUTO_MIGRATE"] == "true"  # first install: pods migrate at start
-
-
-def test_monitoring_objects_only_where_their_api_is_served_or_forced(render: Render) -> None:
-    assert not find(render(), "ServiceMonitor") and not find(render(), "PrometheusRule")
-    for objects in (render(api_versions=MONITORING_APIS), render(MONITORING_FORCED)):
-        monitor = one(objects, "ServiceMonitor")
-        assert monitor["spec"]["endpoints"][0]["port"] == "http"
-        assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
-        rule = one(objects, "PrometheusRule")
-        assert rule["spec"] == yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())
-    dashboard = one(render(), "ConfigMap", "-dashboard")
-    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
-    assert json.loads(dashboard["data"]["queueflow.json"])["panels"]
 
 
 def test_notes_never_print_secrets(helm: Path) -> None:

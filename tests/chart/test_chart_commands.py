@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -28,14 +29,15 @@ BIN = Path(sys.executable).parent
 
 
 def environment(container: dict, objects: list[dict], secrets: dict, pod: str) -> dict:
-    """The container's environment as the kubelet would build it, from the rendered objects."""
+    """The container's environment as the kubelet would build it, from the rendered objects:
+    envFrom first, then env in order, each value's $(VAR) expanded from those before it."""
     env = {"PATH": os.environ["PATH"]}
     for source in container.get("envFrom", []):
         config = one(objects, "ConfigMap", source["configMapRef"]["name"])
         env.update(config["data"])
     for var in container.get("env", []):
         if "value" in var:
-            env[var["name"]] = var["value"]
+            env[var["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], var["value"])
         elif "secretKeyRef" in var["valueFrom"]:
             ref = var["valueFrom"]["secretKeyRef"]
             env[var["name"]] = secrets[(ref["name"], ref["key"])]
@@ -89,13 +91,20 @@ def test_rendered_commands_run_and_agree(
     render: Render, servers: dict[str, str], empty_database: str
 ) -> None:
     tag = uuid.uuid4().hex[:8]
-    values = {"config": {"stream": f"chart_{tag}", "group": f"g_{tag}", "blockMs": 100}}
+    # Managed servers given as URLs: the test's own. The migration Job reads its URL from the
+    # hook Secret made before install; the services from the chart's Secret.
+    values = {
+        "config": {"stream": f"chart_{tag}", "group": f"g_{tag}", "blockMs": 100},
+        "redis": {"enabled": False},
+        "externalRedis": {"url": servers["redis"]},
+        "postgresql": {"enabled": False},
+        "externalDatabase": {"url": empty_database},
+    }
     objects = render(values)
-    # The Secret's keys as rendered, its URLs pointed at the test's servers.
-    (secret,) = find(objects, "Secret")
-    local = {"redis-url": servers["redis"], "database-url": empty_database}
     secrets = {
-        (secret["metadata"]["name"], k): local.get(k, v) for k, v in secret["stringData"].items()
+        (secret["metadata"]["name"], k): v
+        for secret in find(objects, "Secret")
+        for k, v in secret["stringData"].items()
     }
 
     migrate = pod_spec(one(objects, "Job"))["containers"][0]

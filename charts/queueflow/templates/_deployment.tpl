@@ -1,7 +1,11 @@
 {{/*
-One QueueFlow Deployment; call with (dict "root" $ "component" "ingest").
-The image's entrypoint is `queueflow`; the command is spelled out so that what runs is
-readable here (and the chart test runs exactly this command locally).
+The shapes the three QueueFlow services share; each component's own file calls them with
+(dict "root" $ "component" "ingest").
+*/}}
+
+{{/*
+One QueueFlow Deployment. The image's entrypoint is `queueflow`; the command is spelled out so
+that what runs is readable here (and the chart test runs exactly this command locally).
 */}}
 {{- define "queueflow.deployment" -}}
 {{- $root := .root -}}
@@ -13,7 +17,7 @@ kind: Deployment
 metadata:
   name: {{ include "queueflow.component" . }}
   labels:
-    {{- include "queueflow.componentLabels" . | nindent 4 }}
+    {{- include "queueflow.labels" . | nindent 4 }}
 spec:
   {{- if not $scaled }}
   replicas: {{ $v.replicaCount }}
@@ -32,11 +36,11 @@ spec:
   template:
     metadata:
       labels:
-        {{- include "queueflow.selectorLabels" . | nindent 8 }}
-        app.kubernetes.io/part-of: queueflow
+        {{- include "queueflow.podLabels" (dict "root" $root "component" $c "podLabels" $v.podLabels) | nindent 8 }}
       annotations:
-        # A config change rolls the pods: environment variables are read once at start.
+        # Environment variables are read once at start: a changed setting or URL rolls the pods.
         checksum/config: {{ include (print $root.Template.BasePath "/configmap.yaml") $root | sha256sum }}
+        checksum/secret: {{ include "queueflow.secretChecksum" $root }}
         {{- with $v.podAnnotations }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -45,17 +49,15 @@ spec:
       automountServiceAccountToken: false
       # Kubernetes' service-link variables (<SERVICE>_PORT=...) could collide with QUEUEFLOW_*.
       enableServiceLinks: false
-      {{- with $root.Values.imagePullSecrets }}
-      imagePullSecrets:
-        {{- toYaml . | nindent 8 }}
-      {{- end }}
+      {{- with include "queueflow.imagePullSecrets" $root | trim }}{{ . | nindent 6 }}{{ end }}
       securityContext:
-        {{- include "queueflow.podSecurityContext" (dict "runAsUser" $root.Values.image.runAsUser) | nindent 8 }}
+        {{- include "queueflow.securityContext" $root.Values.podSecurityContext | nindent 8 }}
       {{- if eq $c "worker" }}
       terminationGracePeriodSeconds: {{ $v.terminationGracePeriodSeconds }}
       {{- else }}
       terminationGracePeriodSeconds: {{ add $v.preStopSleepSeconds 30 }}
       {{- end }}
+      {{- with include "queueflow.scheduling" $v | trim }}{{ . | nindent 6 }}{{ end }}
       containers:
         - name: {{ $c }}
           image: {{ include "queueflow.image" $root }}
@@ -67,16 +69,10 @@ spec:
               containerPort: {{ $root.Values.containerPort }}
               protocol: TCP
           env:
-            {{- include "queueflow.env" $root | nindent 12 }}
-            {{- if eq $c "worker" }}
-            # One consumer name per pod: a replacement pod reclaims the old one's entries.
-            - name: QUEUEFLOW_CONSUMER
-              valueFrom:
-                fieldRef:
-                  fieldPath: metadata.name
-            {{- end }}
+            {{- include "queueflow.env" . | trim | nindent 12 }}
           envFrom:
-            {{- include "queueflow.envFrom" $root | nindent 12 }}
+            - configMapRef:
+                name: {{ include "queueflow.fullname" $root }}
           startupProbe:
             httpGet: {path: /healthz, port: http}
             periodSeconds: 2
@@ -101,28 +97,187 @@ spec:
           resources:
             {{- toYaml $v.resources | nindent 12 }}
           securityContext:
-            {{- include "queueflow.containerSecurityContext" . | nindent 12 }}
+            {{- include "queueflow.securityContext" $root.Values.containerSecurityContext | nindent 12 }}
           volumeMounts:
             - name: tmp
               mountPath: /tmp
+            {{- with $root.Values.extraVolumeMounts }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
       volumes:
         - name: tmp
           emptyDir:
             sizeLimit: 64Mi
-      {{- with $v.nodeSelector }}
-      nodeSelector:
+        {{- with $root.Values.extraVolumes }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+{{- end }}
+
+{{/* The Service of one QueueFlow component (the worker's serves only /metrics and probes). */}}
+{{- define "queueflow.service" -}}
+{{- $root := .root -}}
+{{- $worker := eq .component "worker" -}}
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ include "queueflow.component" . }}
+  labels:
+    {{- include "queueflow.labels" . | nindent 4 }}
+spec:
+  type: {{ ternary "ClusterIP" $root.Values.service.type $worker }}
+  selector:
+    {{- include "queueflow.selectorLabels" . | nindent 4 }}
+  ports:
+    - name: http
+      port: {{ ternary $root.Values.containerPort $root.Values.service.port $worker }}
+      targetPort: http
+      protocol: TCP
+{{- end }}
+
+{{/* A CPU HorizontalPodAutoscaler (plus autoscaling.metrics) when autoscaling.enabled. */}}
+{{- define "queueflow.hpa" -}}
+{{- $v := index .root.Values .component -}}
+{{- if $v.autoscaling.enabled }}
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata:
+  name: {{ include "queueflow.component" . }}
+  labels:
+    {{- include "queueflow.labels" . | nindent 4 }}
+spec:
+  scaleTargetRef:
+    apiVersion: apps/v1
+    kind: Deployment
+    name: {{ include "queueflow.component" . }}
+  minReplicas: {{ $v.autoscaling.minReplicas }}
+  maxReplicas: {{ $v.autoscaling.maxReplicas }}
+  metrics:
+    {{- with $v.autoscaling.targetCPUUtilizationPercentage }}
+    - type: Resource
+      resource:
+        name: cpu
+        target:
+          type: Utilization
+          averageUtilization: {{ . }}
+    {{- end }}
+    {{- with $v.autoscaling.metrics }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  {{- with $v.autoscaling.behavior }}
+  behavior:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+A PodDisruptionBudget, only where more than one pod can run (over one replica it would block
+node drains). Unhealthy pods may always be evicted: during a dependency outage every pod is
+unready, and the budget must not hold a drain hostage to it.
+*/}}
+{{- define "queueflow.pdb" -}}
+{{- $v := index .root.Values .component -}}
+{{- $fewest := $v.replicaCount -}}
+{{- if and $v.autoscaling $v.autoscaling.enabled }}{{ $fewest = $v.autoscaling.minReplicas }}{{ end -}}
+{{- if and $v.keda $v.keda.enabled }}{{ $fewest = max $v.keda.minReplicas 1 }}{{ end -}}
+{{- if and $v.pdb.enabled (gt (int $fewest) 1) }}
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: {{ include "queueflow.component" . }}
+  labels:
+    {{- include "queueflow.labels" . | nindent 4 }}
+spec:
+  maxUnavailable: {{ $v.pdb.maxUnavailable }}
+  unhealthyPodEvictionPolicy: AlwaysAllow
+  selector:
+    matchLabels:
+      {{- include "queueflow.selectorLabels" . | nindent 6 }}
+{{- end }}
+{{- end }}
+
+{{/*
+A component's NetworkPolicy: who may open connections to it ("from": a list of peers, or
+none for anyone) on "port", and, with networkPolicy.egress.enabled, where it may connect:
+DNS plus the servers named in "to" (redis, postgresql, http) and networkPolicy.egress.extra.
+"annotations" makes it a hook beside the hook pod it is for.
+*/}}
+{{- define "queueflow.networkPolicy" -}}
+{{- $root := .root -}}
+{{- $np := $root.Values.networkPolicy -}}
+{{- $egress := and $np.egress.enabled (not (empty .to)) -}}
+{{- if $np.enabled }}
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: {{ include "queueflow.component" . }}
+  labels:
+    {{- include "queueflow.labels" . | nindent 4 }}
+  {{- with .annotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+spec:
+  podSelector:
+    matchLabels:
+      {{- include "queueflow.selectorLabels" . | nindent 6 }}
+  policyTypes: [Ingress{{ if $egress }}, Egress{{ end }}]
+  {{- if .port }}
+  ingress:
+    - ports:
+        - port: {{ .port }}
+          protocol: TCP
+      {{- with .from }}
+      from:
         {{- toYaml . | nindent 8 }}
       {{- end }}
-      {{- with $v.tolerations }}
-      tolerations:
+  {{- else }}
+  ingress: []
+  {{- end }}
+  {{- if $egress }}
+  egress:
+    - to:
+        {{- toYaml $np.egress.dns.to | nindent 8 }}
+      ports:
+        - {port: 53, protocol: UDP}
+        - {port: 53, protocol: TCP}
+    {{- range $server := .to }}
+    {{- if eq $server "http" }}
+    - to:
+        - podSelector:
+            matchLabels:
+              {{- include "queueflow.selectorLabels" (dict "root" $root) | nindent 14 }}
+      ports:
+        - {port: http, protocol: TCP}
+    {{- else if (index $root.Values $server).enabled }}
+    - to:
+        - podSelector:
+            matchLabels:
+              {{- include "queueflow.selectorLabels" (dict "root" $root "component" $server) | nindent 14 }}
+      ports:
+        - {port: {{ ternary 6379 5432 (eq $server "redis") }}, protocol: TCP}
+    {{- else }}
+    {{- $external := index $np.egress (printf "%sTo" $server) }}
+    - ports:
+        - {port: {{ $external.port }}, protocol: TCP}
+      {{- with $external.peers }}
+      to:
         {{- toYaml . | nindent 8 }}
       {{- end }}
-      {{- with $v.affinity }}
-      affinity:
-        {{- toYaml . | nindent 8 }}
-      {{- end }}
-      {{- with $v.topologySpreadConstraints }}
-      topologySpreadConstraints:
-        {{- toYaml . | nindent 8 }}
-      {{- end }}
+    {{- end }}
+    {{- end }}
+    {{- with $np.egress.extra }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  {{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Peers of this release's pods of the given components, for a NetworkPolicy's "from". */}}
+{{- define "queueflow.peers" -}}
+{{- range .components }}
+- podSelector:
+    matchLabels:
+      {{- include "queueflow.selectorLabels" (dict "root" $.root "component" .) | nindent 6 }}
+{{- end }}
 {{- end }}

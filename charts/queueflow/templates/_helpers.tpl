@@ -1,8 +1,14 @@
-{{/* Names: <release>-queueflow, or the release name alone when it already says queueflow. */}}
+{{- /*
+Shared snippets. Every helper that describes one component takes
+(dict "root" $ "component" "ingest"); the rest take the root context.
+*/ -}}
+
+{{/* The chart's name (nameOverride replaces it). */}}
 {{- define "queueflow.name" -}}
 {{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/* <release>-queueflow, or the release name alone when it already says queueflow. */}}
 {{- define "queueflow.fullname" -}}
 {{- if .Values.fullnameOverride }}
 {{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
@@ -16,34 +22,86 @@
 {{- end }}
 {{- end }}
 
-{{/* A component's name: <fullname>-ingest, -reporting, -worker, -redis, -postgresql. */}}
+{{/*
+A component's object name, <fullname>-<component>. The fullname is shortened before the
+suffix is added, so two components never truncate to the same name. "max" (default 63) is
+lower for StatefulSets: their pods carry a controller-revision-hash label of name + 11 chars.
+*/}}
 {{- define "queueflow.component" -}}
-{{- printf "%s-%s" (include "queueflow.fullname" .root) .component | trunc 63 | trimSuffix "-" }}
+{{- $max := .max | default 63 | int -}}
+{{- $prefix := include "queueflow.fullname" .root | trunc (int (sub $max (add1 (len .component)))) | trimSuffix "-" -}}
+{{- printf "%s-%s" $prefix .component }}
 {{- end }}
 
+{{/* name-version, as the helm.sh/chart label wants it. */}}
+{{- define "queueflow.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Labels that select a component's pods; never change them (selectors are immutable). Takes the
+component dict, or the root context for release-wide objects.
+*/}}
+{{- define "queueflow.selectorLabels" -}}
+{{- $ctx := ternary . (dict "root" .) (hasKey . "root") -}}
+app.kubernetes.io/name: {{ include "queueflow.name" $ctx.root }}
+app.kubernetes.io/instance: {{ $ctx.root.Release.Name }}
+{{- with $ctx.component }}
+app.kubernetes.io/component: {{ . }}
+{{- end }}
+{{- end }}
+
+{{/* Every object's labels: the selector labels plus chart, version and manager. */}}
 {{- define "queueflow.labels" -}}
-helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
-app.kubernetes.io/name: {{ include "queueflow.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
-app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
-app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- $ctx := ternary . (dict "root" .) (hasKey . "root") -}}
+{{ include "queueflow.selectorLabels" $ctx }}
+helm.sh/chart: {{ include "queueflow.chart" $ctx.root }}
+app.kubernetes.io/version: {{ $ctx.root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ $ctx.root.Release.Service }}
 app.kubernetes.io/part-of: queueflow
 {{- end }}
 
-{{/* Selector labels of one component; call with (dict "root" $ "component" "ingest"). */}}
-{{- define "queueflow.selectorLabels" -}}
-app.kubernetes.io/name: {{ include "queueflow.name" .root }}
-app.kubernetes.io/instance: {{ .root.Release.Name }}
-app.kubernetes.io/component: {{ .component }}
+{{- define "queueflow.componentLabels" -}}
+{{ include "queueflow.labels" . }}
 {{- end }}
 
-{{- define "queueflow.componentLabels" -}}
-{{ include "queueflow.labels" .root }}
-app.kubernetes.io/component: {{ .component }}
+{{/* Labels of a component's pods: selector labels, part-of, and the component's podLabels. */}}
+{{- define "queueflow.podLabels" -}}
+{{ include "queueflow.selectorLabels" . }}
+app.kubernetes.io/part-of: queueflow
+{{- with .podLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+An image reference: [global.imageRegistry/]repository, then @digest when given, else :tag.
+Call with (dict "root" $ "image" .Values.image "default" .Chart.AppVersion).
+*/}}
+{{- define "queueflow.imageRef" -}}
+{{- $registry := ((.root.Values.global).imageRegistry) | default "" -}}
+{{- $repository := .image.repository -}}
+{{- if $registry }}{{ $repository = printf "%s/%s" $registry $repository }}{{ end -}}
+{{- if .image.digest }}
+{{- printf "%s@%s" $repository .image.digest }}
+{{- else }}
+{{- printf "%s:%s" $repository (.image.tag | default .default | toString) }}
+{{- end }}
 {{- end }}
 
 {{- define "queueflow.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- include "queueflow.imageRef" (dict "root" . "image" .Values.image "default" .Chart.AppVersion) }}
+{{- end }}
+
+{{/* imagePullSecrets of every pod the chart makes: global ones, then the chart's own. */}}
+{{- define "queueflow.imagePullSecrets" -}}
+{{- $secrets := concat (((.Values.global).imagePullSecrets) | default list) .Values.imagePullSecrets -}}
+{{- with $secrets }}
+imagePullSecrets:
+  {{- range . }}
+  - name: {{ if kindIs "string" . }}{{ . }}{{ else }}{{ .name }}{{ end }}
+  {{- end }}
+{{- end }}
 {{- end }}
 
 {{- define "queueflow.serviceAccountName" -}}
@@ -54,77 +112,175 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
-{{/* The Secret and key holding REDIS_URL / DATABASE_URL. */}}
-{{- define "queueflow.redisSecret" -}}
-{{- if and (not .Values.redis.enabled) .Values.externalRedis.existingSecret }}
-{{- .Values.externalRedis.existingSecret }}
+{{/* Where the bundled servers are reached: a fully qualified name, valid from any namespace. */}}
+{{- define "queueflow.serviceHost" -}}
+{{- printf "%s.%s.svc.%s" (include "queueflow.component" .) .root.Release.Namespace .root.Values.clusterDomain }}
+{{- end }}
+
+{{/*
+The Secret and key holding the bundled servers' passwords: an existing Secret (GitOps: stable
+across renders) or the chart's own.
+*/}}
+{{- define "queueflow.redisPasswordSecret" -}}
+{{- .Values.redis.auth.existingSecret | default (include "queueflow.fullname" .) }}
+{{- end }}
+
+{{- define "queueflow.redisPasswordKey" -}}
+{{- if .Values.redis.auth.existingSecret }}{{ .Values.redis.auth.existingSecretPasswordKey }}{{ else }}redis-password{{ end }}
+{{- end }}
+
+{{- define "queueflow.postgresPasswordSecret" -}}
+{{- .Values.postgresql.auth.existingSecret | default (include "queueflow.fullname" .) }}
+{{- end }}
+
+{{- define "queueflow.postgresPasswordKey" -}}
+{{- if .Values.postgresql.auth.existingSecret }}{{ .Values.postgresql.auth.existingSecretPasswordKey }}{{ else }}postgres-password{{ end }}
+{{- end }}
+
+{{/*
+REDIS_URL. With the bundled Redis it is put together from the password by Kubernetes'
+$(VAR) expansion, so the chart never has to read a Secret it does not own.
+*/}}
+{{- define "queueflow.env.redis" -}}
+{{- if .Values.redis.enabled }}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "queueflow.redisPasswordSecret" . }}
+      key: {{ include "queueflow.redisPasswordKey" . }}
+- name: REDIS_URL
+  value: {{ printf "redis://:$(REDIS_PASSWORD)@%s:6379/0" (include "queueflow.serviceHost" (dict "root" . "component" "redis")) | quote }}
 {{- else }}
-{{- include "queueflow.fullname" . }}
-{{- end }}
-{{- end }}
-
-{{- define "queueflow.redisSecretKey" -}}
-{{- if and (not .Values.redis.enabled) .Values.externalRedis.existingSecret }}
-{{- .Values.externalRedis.existingSecretKey }}
-{{- else }}redis-url{{ end }}
-{{- end }}
-
-{{- define "queueflow.databaseSecret" -}}
-{{- if and (not .Values.postgresql.enabled) .Values.externalDatabase.existingSecret }}
-{{- .Values.externalDatabase.existingSecret }}
-{{- else }}
-{{- include "queueflow.fullname" . }}
-{{- end }}
-{{- end }}
-
-{{- define "queueflow.databaseSecretKey" -}}
-{{- if and (not .Values.postgresql.enabled) .Values.externalDatabase.existingSecret }}
-{{- .Values.externalDatabase.existingSecretKey }}
-{{- else }}database-url{{ end }}
-{{- end }}
-
-{{/* Environment of every QueueFlow container: URLs from Secrets, the rest from the ConfigMap. */}}
-{{- define "queueflow.env" -}}
 - name: REDIS_URL
   valueFrom:
     secretKeyRef:
-      name: {{ include "queueflow.redisSecret" . }}
-      key: {{ include "queueflow.redisSecretKey" . }}
+      name: {{ .Values.externalRedis.existingSecret | default (include "queueflow.fullname" .) }}
+      key: {{ if .Values.externalRedis.existingSecret }}{{ .Values.externalRedis.existingSecretKey }}{{ else }}redis-url{{ end }}
+{{- end }}
+{{- end }}
+
+{{/*
+DATABASE_URL; call with (dict "root" $ "secret" <name> "key" <key>) to read it from a given
+Secret instead (the migration Job's own credentials).
+*/}}
+{{- define "queueflow.env.database" -}}
+{{- $root := .root -}}
+{{- if .secret }}
 - name: DATABASE_URL
   valueFrom:
     secretKeyRef:
-      name: {{ include "queueflow.databaseSecret" . }}
-      key: {{ include "queueflow.databaseSecretKey" . }}
-{{- with .Values.extraEnv }}
+      name: {{ .secret }}
+      key: {{ .key }}
+{{- else if $root.Values.postgresql.enabled }}
+{{- $pg := $root.Values.postgresql }}
+- name: DATABASE_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "queueflow.postgresPasswordSecret" $root }}
+      key: {{ include "queueflow.postgresPasswordKey" $root }}
+- name: DATABASE_URL
+  value: {{ printf "postgresql://%s:$(DATABASE_PASSWORD)@%s:5432/%s" $pg.auth.username (include "queueflow.serviceHost" (dict "root" $root "component" "postgresql")) $pg.auth.database | quote }}
+{{- else }}
+- name: DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ $root.Values.externalDatabase.existingSecret | default (include "queueflow.fullname" $root) }}
+      key: {{ if $root.Values.externalDatabase.existingSecret }}{{ $root.Values.externalDatabase.existingSecretKey }}{{ else }}database-url{{ end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The environment of one QueueFlow service: only the URLs it uses (ingest never holds the
+database's credentials, reporting never Redis's), the settings from the ConfigMap, extraEnv.
+*/}}
+{{- define "queueflow.env" -}}
+{{- $root := .root -}}
+{{- if has .component (list "ingest" "worker") }}
+{{- include "queueflow.env.redis" $root }}
+{{- end }}
+{{- if has .component (list "reporting" "worker") }}
+{{- include "queueflow.env.database" (dict "root" $root) }}
+{{- end }}
+{{- if eq .component "worker" }}
+# One consumer name per pod: a replacement pod reclaims the old one's entries.
+- name: QUEUEFLOW_CONSUMER
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+{{- end }}
+{{- with $root.Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
 {{- end }}
 
-{{- define "queueflow.envFrom" -}}
-- configMapRef:
-    name: {{ include "queueflow.fullname" . }}
+{{/* Whether the migration Job runs as a hook before install: only an external database exists then. */}}
+{{- define "queueflow.migrateBeforeInstall" -}}
+{{- if and .Values.migrations.job.enabled (not .Values.postgresql.enabled) }}true{{ end }}
 {{- end }}
 
-{{- define "queueflow.podSecurityContext" -}}
-runAsNonRoot: true
-runAsUser: {{ .runAsUser }}
-runAsGroup: {{ .runAsUser }}
-fsGroup: {{ .runAsUser }}
-seccompProfile:
-  type: RuntimeDefault
+{{/*
+Pod and container security contexts: the values' own, so platforms that assign UIDs
+(OpenShift) can drop runAsUser/fsGroup with null.
+*/}}
+{{- define "queueflow.securityContext" -}}
+{{- with . }}
+{{- toYaml . }}
+{{- end }}
 {{- end }}
 
-{{- define "queueflow.containerSecurityContext" -}}
-allowPrivilegeEscalation: false
-readOnlyRootFilesystem: true
-runAsNonRoot: true
-capabilities:
-  drop: [ALL]
-seccompProfile:
-  type: RuntimeDefault
+{{/* Scheduling fields of a pod from a values block (nodeSelector, tolerations, ...). */}}
+{{- define "queueflow.scheduling" -}}
+{{- with .priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- range $field := list "nodeSelector" "tolerations" "affinity" "topologySpreadConstraints" }}
+{{- with (index $ $field) }}
+{{ $field }}:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/* Whether a monitoring object is made: asked for, and its API served (or forced). */}}
 {{- define "queueflow.wantApi" -}}
 {{- if and .enabled (or .force (.root.Capabilities.APIVersions.Has .api)) }}true{{ end }}
+{{- end }}
+
+{{/*
+Redis's maxmemory: redis.maxmemory, else 75% of the container's memory limit (AOF rewrites
+and client buffers need the rest), in bytes. The schema allows only Mi/Gi limits.
+*/}}
+{{- define "queueflow.redisMaxmemory" -}}
+{{- if .maxmemory }}
+{{- .maxmemory }}
+{{- else }}
+{{- $limit := .resources.limits.memory | toString -}}
+{{- $number := regexFind "^[0-9]+" $limit | int64 -}}
+{{- $unit := ternary 1073741824 1048576 (hasSuffix "Gi" $limit) -}}
+{{- div (mul $number $unit 3) 4 }}
+{{- end }}
+{{- end }}
+
+{{/* The hook annotations of the migration Job and its companions; call with (dict "root" $ "weight" n). */}}
+{{- define "queueflow.migrateHook" -}}
+{{- if include "queueflow.migrateBeforeInstall" .root }}
+helm.sh/hook: pre-install,pre-upgrade
+{{- else }}
+helm.sh/hook: post-install,pre-upgrade
+# Argo CD runs this after the sync instead (its own hooks replace Helm's): before the first
+# sync there is no PostgreSQL to migrate.
+argocd.argoproj.io/hook: PostSync
+argocd.argoproj.io/hook-delete-policy: BeforeHookCreation
+{{- end }}
+helm.sh/hook-weight: {{ .weight | quote }}
+helm.sh/hook-delete-policy: before-hook-creation
+{{- end }}
+
+{{/*
+What the pods' URLs are made of, hashed: a changed external URL or Secret name rolls the pods.
+(Generated passwords never change; a changed existing Secret's content cannot be seen here.)
+*/}}
+{{- define "queueflow.secretChecksum" -}}
+{{- $v := .Values -}}
+{{- list $v.externalRedis $v.externalDatabase $v.redis.auth $v.redis.enabled $v.postgresql.auth $v.postgresql.enabled | toJson | sha256sum }}
 {{- end }}

@@ -1,0 +1,22 @@
+{{/* Every check of the values that the schema cannot express, in one place (templates/validate.yaml). */}}
+{{- define "queueflow.validate" -}}
+{{- $v := .Values -}}
+{{- if le (float64 $v.worker.terminationGracePeriodSeconds) (float64 $v.config.shutdownTimeout) }}
+{{- fail "worker.terminationGracePeriodSeconds must exceed config.shutdownTimeout: a worker needs that long to commit and ack its batch" }}
+{{- end }}
+{{- if and $v.worker.autoscaling.enabled $v.worker.keda.enabled }}
+{{- fail "worker.autoscaling.enabled and worker.keda.enabled are exclusive: two controllers would fight over the replica count" }}
+{{- end }}
+{{- if and $v.worker.keda.enabled (not $v.redis.enabled) (not $v.worker.keda.redisAddress) }}
+{{- fail "worker.keda with an external Redis needs worker.keda.redisAddress (host:port), and worker.keda.passwordSecret when it has a password" }}
+{{- end }}
+{{- if and (not $v.redis.enabled) (not $v.externalRedis.url) (not $v.externalRedis.existingSecret) }}
+{{- fail "redis.enabled=false needs externalRedis.url or externalRedis.existingSecret" }}
+{{- end }}
+{{- if and (not $v.postgresql.enabled) (not $v.externalDatabase.url) (not $v.externalDatabase.existingSecret) }}
+{{- fail "postgresql.enabled=false needs externalDatabase.url or externalDatabase.existingSecret" }}
+{{- end }}
+{{- if and $v.redis.enabled (not $v.redis.maxmemory) (not (regexMatch "^[0-9]+(Mi|Gi)$" (toString (($v.redis.resources).limits).memory))) }}
+{{- fail "redis.maxmemory is needed unless redis.resources.limits.memory is given in Mi or Gi (maxmemory is then 75% of it)" }}
+{{- end }}
+{{- end }}
