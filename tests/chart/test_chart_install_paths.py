@@ -150,10 +150,15 @@ def test_migrations_before_install_with_a_managed_database_and_after_with_the_bu
         "key": "owner-url",
     }
     assert pod_spec(one(objects, "Job"))["serviceAccountName"] == "queueflow-migrator"
-    for deployment in find(objects, "Deployment"):
-        env = env_of(pod_spec(deployment)["containers"][0])
-        if "DATABASE_URL" in env:
-            assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"]["key"] == "app-url"
+    keys = {  # each service its own role: the worker writes, reporting only reads
+        d["metadata"]["name"].rsplit("-", 1)[1]: env_of(pod_spec(d)["containers"][0])
+        .get("DATABASE_URL", {})
+        .get("valueFrom", {})
+        .get("secretKeyRef", {})
+        .get("key")
+        for d in find(objects, "Deployment")
+    }
+    assert keys == {"ingest": None, "worker": "worker-url", "reporting": "reporting-url"}
 
 
 def test_each_service_gets_only_the_urls_it_uses(render: Render) -> None:

@@ -16,6 +16,7 @@ apiVersion: apps/v1
 kind: Deployment
 metadata:
   name: {{ include "queueflow.component" . }}
+  namespace: {{ .root.Release.Namespace }}
   labels:
     {{- include "queueflow.labels" . | nindent 4 }}
 spec:
@@ -121,6 +122,7 @@ apiVersion: v1
 kind: Service
 metadata:
   name: {{ include "queueflow.component" . }}
+  namespace: {{ .root.Release.Namespace }}
   labels:
     {{- include "queueflow.labels" . | nindent 4 }}
 spec:
@@ -142,6 +144,7 @@ apiVersion: autoscaling/v2
 kind: HorizontalPodAutoscaler
 metadata:
   name: {{ include "queueflow.component" . }}
+  namespace: {{ .root.Release.Namespace }}
   labels:
     {{- include "queueflow.labels" . | nindent 4 }}
 spec:
@@ -185,6 +188,7 @@ apiVersion: policy/v1
 kind: PodDisruptionBudget
 metadata:
   name: {{ include "queueflow.component" . }}
+  namespace: {{ .root.Release.Namespace }}
   labels:
     {{- include "queueflow.labels" . | nindent 4 }}
 spec:
@@ -211,6 +215,7 @@ apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata:
   name: {{ include "queueflow.component" . }}
+  namespace: {{ .root.Release.Namespace }}
   labels:
     {{- include "queueflow.labels" . | nindent 4 }}
   {{- with .annotations }}

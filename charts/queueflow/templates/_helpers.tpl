@@ -198,7 +198,10 @@ database's credentials, reporting never Redis's), the settings from the ConfigMa
 {{- if has .component (list "ingest" "worker") }}
 {{- include "queueflow.env.redis" $root }}
 {{- end }}
-{{- if has .component (list "reporting" "worker") }}
+{{- $db := $root.Values.externalDatabase -}}
+{{- if and (eq .component "reporting") (not $root.Values.postgresql.enabled) $db.existingSecret $db.existingSecretReportingKey }}
+{{- include "queueflow.env.database" (dict "root" $root "secret" $db.existingSecret "key" $db.existingSecretReportingKey) }}
+{{- else if has .component (list "reporting" "worker") }}
 {{- include "queueflow.env.database" (dict "root" $root) }}
 {{- end }}
 {{- if eq .component "worker" }}
