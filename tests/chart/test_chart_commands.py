@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from queueflow.core.config import Settings, env_name, load_settings
 from tests.chart.conftest import RELEASE, Render, find, one, pod_spec
 from tests.conftest import scratch_database
 from tests.helpers import free_port
@@ -162,3 +163,31 @@ def test_rendered_commands_run_and_agree(
             command, env=environment(smoke, objects, secrets, "smoke"), timeout=150
         )
         assert done.returncode == 0
+
+
+def test_bundled_server_urls_expand_to_settings_the_program_accepts(
+    render: Render, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the bundled servers the URLs are put together by $(VAR) expansion from the
+    password Secret: what the kubelet makes of them must be URLs QueueFlow reads."""
+    objects = render()
+    (secret,) = find(objects, "Secret")
+    secrets = {(secret["metadata"]["name"], k): v for k, v in secret["stringData"].items()}
+    for deployment in find(objects, "Deployment"):
+        container = pod_spec(deployment)["containers"][0]
+        env = environment(container, objects, secrets, "pod-0")
+        for name in Settings.model_fields:
+            monkeypatch.delenv(env_name(name), raising=False)
+        for variable, value in env.items():
+            monkeypatch.setenv(variable, value)
+        settings = load_settings()
+        if "REDIS_URL" in env:
+            password = secrets[(secret["metadata"]["name"], "redis-password")]
+            assert settings.redis_dsn() == (
+                f"redis://:{password}@{RELEASE}-queueflow-redis.analytics.svc.cluster.local:6379/0"
+            )
+        if "DATABASE_URL" in env:
+            assert settings.database_dsn().startswith("postgresql://queueflow:")
+            assert "@qf-queueflow-postgresql.analytics.svc.cluster.local:5432/queueflow" in (
+                settings.database_dsn()
+            )
