@@ -465,3 +465,25 @@ def test_the_schema_covers_every_value_and_allows_global(helm: Path) -> None:
     assert schema["properties"]["global"]["additionalProperties"] is True
     done = run_helm(helm, "template", RELEASE, str(CHART), values={"global": {"anything": 1}})
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("name", ["defaults", "external-urls", "least-privilege"])
+def test_helm_install_dry_run_sorts_the_hooks_as_the_templates_say(
+    helm: Path, render: Render, name: str
+) -> None:
+    """`helm install --dry-run=client`: Helm's own split of hooks and manifest, in its order."""
+    done = run_helm(
+        helm, "install", RELEASE, str(CHART), "--dry-run=client", values=SCENARIOS[name]
+    )
+    assert done.returncode == 0, done.stderr
+    hooks_text, _, rest = done.stdout.partition("HOOKS:")[2].partition("MANIFEST:")
+    hooks = [d for d in yaml.safe_load_all(hooks_text) if d]
+    manifest = [d for d in yaml.safe_load_all(rest.partition("NOTES:")[0]) if d]
+    rendered = render(SCENARIOS[name])
+    assert sorted(map(key, hooks)) == sorted(key(o) for o in rendered if hook_phases(o))
+    assert sorted(map(key, manifest)) == sorted(key(o) for o in rendered if not hook_phases(o))
+    install_hooks = [o for o in hooks if {"pre-install", "post-install"} & set(hook_phases(o))]
+    job = one(install_hooks, "Job")
+    companions = [o for o in install_hooks if o is not job]
+    assert all(weight(o) < weight(job) for o in companions)
+    assert missing_at_each_phase(hooks + manifest, None) == []
