@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.queueflow-installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv dev test test-unit chart-test e2e lint format bench bench-smoke clean
+.PHONY: help venv dev test test-unit chart-test e2e lint format lock bench bench-smoke clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -50,6 +50,17 @@ lint: venv ## ruff check, format check and mypy over services/
 format: venv ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+lock: ## Re-resolve the image's hashed pins (requirements*.lock); UPGRADE=1 takes newer releases
+	@test -x .venv-lock/bin/uv || { rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock \
+	  && .venv-lock/bin/python -m pip install -q --disable-pip-version-check 'uv==0.13.8'; }
+	.venv-lock/bin/uv pip compile pyproject.toml --universal --python-version 3.11 \
+	  --generate-hashes --custom-compile-command 'make lock' --quiet $(if $(UPGRADE),--upgrade) \
+	  -o requirements.lock
+	$(PYTHON) -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['build-system']['requires']))" \
+	  | .venv-lock/bin/uv pip compile - --universal --python-version 3.11 \
+	  --generate-hashes --custom-compile-command 'make lock' --quiet $(if $(UPGRADE),--upgrade) \
+	  -o requirements-build.lock
 
 bench: venv ## Measure speed against the limits (under 10 minutes; see bench/README.md)
 	$(BIN)/python -m bench.run

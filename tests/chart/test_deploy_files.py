@@ -6,10 +6,13 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from queueflow.cli import build_parser
 from queueflow.core.config import Settings, env_name
@@ -36,20 +39,57 @@ def test_dockerfile_is_multi_stage_pinned_and_non_root() -> None:
     base = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", text, re.M)
     assert base and re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", base.group(1))
     build, final = stages(text)
+    assert build[0] == "FROM ${PYTHON_IMAGE} AS build"
     assert final[0] == "FROM ${PYTHON_IMAGE}"
+    # `python3`, never `python`: a Debian base (.ci/base-image.sh) has no `python` command.
+    assert not any(re.search(r"(^|\s)python(\s|$)", line) for line in build + final)
     assert not any("apt-get" in line or "pip install" in line for line in final)
     assert "COPY --from=build /opt/queueflow /opt/queueflow" in final
     user = next(line for line in final if line.startswith("USER "))
     uid = user.split()[1].split(":")[0]
     assert uid.isdigit() and int(uid) > 0
     values = yaml.safe_load((CHART / "values.yaml").read_text())
-    assert values["image"]["runAsUser"] == int(uid)
+    assert values["podSecurityContext"]["runAsUser"] == int(uid)
     assert 'ENTRYPOINT ["queueflow"]' in final
-    # Dependencies install before the sources are copied: their layer survives code changes.
-    install = next(i for i, line in enumerate(build) if "pip install -r requirements.txt" in line)
+    labels = " ".join(line for line in final if line.startswith("LABEL "))
+    assert 'org.opencontainers.image.version="${VERSION}"' in labels
+    assert 'org.opencontainers.image.revision="${REVISION}"' in labels
+    assert {"ARG VERSION=dev", "ARG REVISION=unknown"} <= set(final)
+    # Dependencies install, hash-checked and as wheels only, before the sources are copied:
+    # their layer survives code changes.
+    install = next(i for i, line in enumerate(build) if "-r requirements.lock" in line)
+    assert "--require-hashes" in build[install] and "--only-binary :all:" in build[install]
     assert install < build.index("COPY services ./services")
     ignored = (ROOT / ".dockerignore").read_text().splitlines()
     assert ignored[ignored.index("*") :][:1] == ["*"]  # everything out, then named paths in
+    assert {"!requirements.lock", "!requirements-build.lock"} <= set(ignored)
+
+
+def locked(path: Path) -> dict[str, str]:
+    """Name -> version of each requirement in a hashed lock file, each checked to be pinned."""
+    pins = {}
+    for entry in path.read_text().replace("\\\n", " ").splitlines():
+        if entry.strip() and not entry.lstrip().startswith("#"):
+            requirement, _, options = entry.partition(" --hash=")
+            name, _, version = requirement.split(";")[0].strip().partition("==")
+            assert version and options.startswith("sha256:"), entry
+            pins[canonicalize_name(name)] = version
+    return pins
+
+
+def test_lock_files_pin_what_pyproject_asks_for() -> None:
+    """requirements.lock covers every runtime dependency within its range (`make lock` after
+    changing pyproject.toml), and requirements-build.lock the build backend."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    for lock, wanted in (
+        ("requirements.lock", project["project"]["dependencies"]),
+        ("requirements-build.lock", project["build-system"]["requires"]),
+    ):
+        pins = locked(ROOT / lock)
+        for requirement in map(Requirement, wanted):
+            version = pins.get(canonicalize_name(requirement.name))
+            assert version, f"{lock} lacks {requirement.name}: run `make lock`"
+            assert requirement.specifier.contains(version, prereleases=True), (lock, requirement)
 
 
 def compose() -> dict:

@@ -286,3 +286,32 @@ spec:
       {{- include "queueflow.selectorLabels" (dict "root" $.root "component" .) | nindent 6 }}
 {{- end }}
 {{- end }}
+
+{{/*
+The Service of a bundled server (redis, postgresql); with "headless" its StatefulSet's
+governing Service, for stable per-pod DNS names. Call with (dict "root" $ "component" "redis"
+"port" 6379 "headless" true).
+*/}}
+{{- define "queueflow.serverService" -}}
+{{- if (index .root.Values .component).enabled }}
+{{- $ctx := dict "root" .root "component" .component }}
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ include "queueflow.component" (dict "root" .root "component" (ternary (printf "%s-headless" .component) .component .headless)) }}
+  namespace: {{ .root.Release.Namespace }}
+  labels:
+    {{- include "queueflow.labels" $ctx | nindent 4 }}
+spec:
+  {{- if .headless }}
+  clusterIP: None
+  publishNotReadyAddresses: true
+  {{- end }}
+  selector:
+    {{- include "queueflow.selectorLabels" $ctx | nindent 4 }}
+  ports:
+    - name: {{ .component }}
+      port: {{ .port }}
+      targetPort: {{ .component }}
+{{- end }}
+{{- end }}
