@@ -48,6 +48,8 @@ start() {
     mkdir -p "$STATE"
     install_missing
     if answers; then
+        # Not ours (another run's, or the machine's): `stop` must leave it running.
+        rm -f "$PIDFILE"
         say "an engine already answers"
         return 0
     fi

@@ -187,13 +187,15 @@ def test_pod_disruption_budgets_only_over_more_than_one_pod(render: Render) -> N
 def test_redis_keeps_every_entry_and_postgres_persists(render: Render) -> None:
     objects = render()
     redis = one(objects, "StatefulSet", "-redis")
-    args = pod_spec(redis)["containers"][0]["args"]
-    assert args[args.index("--appendonly") + 1] == "yes"
-    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    (script,) = pod_spec(redis)["containers"][0]["args"]
+    assert "--appendonly yes" in script and "--maxmemory-policy noeviction" in script
     for statefulset in (redis, one(objects, "StatefulSet", "-postgresql")):
         assert statefulset["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]
         image = pod_spec(statefulset)["containers"][0]["image"]
-        assert image.split(":")[0] in ("redis", "postgres") and image.split(":")[1][0].isdigit()
+        name, tag = image.rsplit(":", 1)
+        assert (
+            name in ("docker.io/library/redis", "docker.io/library/postgres") and tag[0].isdigit()
+        )
 
 
 def test_external_servers_come_from_existing_secrets(render: Render) -> None:

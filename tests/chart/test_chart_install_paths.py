@@ -10,8 +10,10 @@ made yet waits forever; these tests walk the phases and check every reference.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,7 @@ from tests.chart.conftest import (
     pod_spec,
     run_helm,
 )
+from tests.helpers import free_port
 
 POD_KINDS = ("Deployment", "StatefulSet", "Job", "Pod")
 
@@ -227,14 +230,15 @@ def test_egress_rules_for_default_deny_namespaces(render: Render) -> None:
     assert hook_phases(migrate) == hook_phases(one(objects, "Job"))
     assert weight(migrate) < weight(one(objects, "Job"))
     assert hook_phases(one(objects, "NetworkPolicy", "-smoke-test")) == ["test"]
-    # Clients only through the ingress controller; the helm test pod still gets through.
-    (rule,) = one(objects, "NetworkPolicy", "-ingest")["spec"]["ingress"]
-    assert rule["from"][0]["namespaceSelector"]["matchLabels"] == {
-        "kubernetes.io/metadata.name": "ingress-nginx"
-    }
-    assert rule["from"][1]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == (
-        "smoke-test"
-    )
+    # Clients only through the ingress controller; metrics scrapers (Prometheus scrapes ingest
+    # and reporting too) and the helm test pod still get through.
+    for component in ("ingest", "reporting"):
+        (rule,) = one(objects, "NetworkPolicy", f"-{component}")["spec"]["ingress"]
+        ingress_nginx = {"kubernetes.io/metadata.name": "ingress-nginx"}
+        assert rule["from"][0]["namespaceSelector"]["matchLabels"] == ingress_nginx
+        assert rule["from"][1] == {"namespaceSelector": {}}  # networkPolicy.metricsFrom
+        smoke = rule["from"][2]["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+        assert smoke == "smoke-test"
 
 
 def test_every_pod_pulls_with_the_pull_secrets_from_the_mirror(render: Render) -> None:
@@ -335,51 +339,46 @@ def test_a_changed_database_url_rolls_the_pods(render: Render) -> None:
     assert checksum({}) == checksum({})  # generated passwords do not roll pods on every upgrade
 
 
+def redis_script(objects: list[dict]) -> str:
+    (script,) = pod_spec(one(objects, "StatefulSet", "-redis"))["containers"][0]["args"]
+    return script
+
+
 def test_bundled_redis_refuses_writes_before_the_kernel_kills_it(render: Render) -> None:
-    args = pod_spec(one(render(), "StatefulSet", "-redis"))["containers"][0]["args"]
-    assert args[args.index("--maxmemory") + 1] == str(1024**3 * 3 // 4)  # 75% of the 1Gi limit
-    args = pod_spec(one(render({"redis": {"maxmemory": "600mb"}}), "StatefulSet", "-redis"))
-    assert "600mb" in args["containers"][0]["args"]
+    assert f"--maxmemory {1024**3 * 3 // 4}" in redis_script(render())  # 75% of the 1Gi limit
+    assert "--maxmemory 600mb" in redis_script(render({"redis": {"maxmemory": "600mb"}}))
 
 
-def test_redis_readiness_needs_a_pong(render: Render, tmp_path: Path) -> None:
-    """The probe's command, run against a real redis-server: an error reply such as NOAUTH
-    makes `redis-cli ping` exit 0, so only PONG may count as ready."""
-    probe = pod_spec(one(render(), "StatefulSet", "-redis"))["containers"][0]["readinessProbe"]
-    command = probe["exec"]["command"]
+def test_bundled_redis_starts_as_rendered_and_is_ready_only_on_pong(
+    render: Render, tmp_path: Path
+) -> None:
+    """The StatefulSet's start command and readiness probe, run against a real redis-server:
+    the password stays off the command line, and an error reply such as NOAUTH (on which
+    `redis-cli ping` exits 0) is not ready."""
     server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
     if not (server and cli):
         pytest.skip("redis-server/redis-cli are not installed (Debian: redis-server redis-tools)")
-    from tests.helpers import free_port
-
+    container = pod_spec(one(render(), "StatefulSet", "-redis"))["containers"][0]
     port = free_port()
-    proc = subprocess.Popen(
-        [
-            server,
-            "--port",
-            str(port),
-            "--requirepass",
-            "right",
-            "--save",
-            "",
-            "--dir",
-            str(tmp_path),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
+    script = redis_script(render()).replace("/tmp/", f"{tmp_path}/")
+    script = script.replace("--dir /data", f"--dir {tmp_path} --port {port}")
+    env = {"PATH": os.environ["PATH"], "REDIS_PASSWORD": "right-password"}
+    proc = subprocess.Popen([*container["command"], script], env=env, stdout=subprocess.DEVNULL)
     try:
-        env = {"PATH": str(tmp_path) + ":/usr/bin:/bin"}
-        wrapper = tmp_path / "redis-cli"  # the probe's redis-cli, aimed at this server
+        probe = container["readinessProbe"]["exec"]["command"]
+        wrapper = tmp_path / "bin" / "redis-cli"  # the probe's redis-cli, aimed at this server
+        wrapper.parent.mkdir()
         wrapper.write_text(f'#!/bin/sh\nexec {cli} -p {port} "$@"\n')
         wrapper.chmod(0o755)
-        for _ in range(50):
-            if subprocess.run(
-                [cli, "-p", str(port), "-a", "right", "ping"], capture_output=True
-            ).stdout:
-                break
-        wrong = subprocess.run(command, env={**env, "REDISCLI_AUTH": "wrong"}, capture_output=True)
-        right = subprocess.run(command, env={**env, "REDISCLI_AUTH": "right"}, capture_output=True)
-        assert wrong.returncode != 0 and right.returncode == 0
+        path = f"{wrapper.parent}:{os.environ['PATH']}"
+        right = {"PATH": path, "REDISCLI_AUTH": "right-password"}
+        deadline = time.monotonic() + 10
+        while subprocess.run(probe, env=right, capture_output=True).returncode:
+            assert proc.poll() is None and time.monotonic() < deadline, "redis never got ready"
+            time.sleep(0.1)
+        wrong = {"PATH": path, "REDISCLI_AUTH": "wrong"}
+        assert subprocess.run(probe, env=wrong, capture_output=True).returncode != 0
+        assert b"right-password" not in Path(f"/proc/{proc.pid}/cmdline").read_bytes()
     finally:
         proc.terminate()
         proc.wait(10)
@@ -487,3 +486,110 @@ def test_helm_install_dry_run_sorts_the_hooks_as_the_templates_say(
     companions = [o for o in install_hooks if o is not job]
     assert all(weight(o) < weight(job) for o in companions)
     assert missing_at_each_phase(hooks + manifest, None) == []
+
+
+def test_pull_secrets_named_twice_are_listed_once(render: Render) -> None:
+    values = {
+        "global": {"imagePullSecrets": ["regcred"]},
+        "imagePullSecrets": [{"name": "regcred"}],
+    }
+    for obj in render(values):
+        if obj["kind"] in POD_KINDS:
+            assert pod_spec(obj)["imagePullSecrets"] == [{"name": "regcred"}], key(obj)
+
+
+def test_a_global_registry_replaces_each_images_own(render: Render) -> None:
+    objects = render({"global": {"imageRegistry": "mirror.internal"}})
+    images = {
+        c["image"] for o in objects if o["kind"] in POD_KINDS for c in pod_spec(o)["containers"]
+    }
+    assert {i.rsplit(":", 1)[0] for i in images} == {
+        "mirror.internal/queueflow/queueflow",
+        "mirror.internal/library/redis",
+        "mirror.internal/library/postgres",
+    }
+
+
+def test_hook_companions_go_when_their_phase_succeeded_and_only_passwords_are_kept(
+    render: Render,
+) -> None:
+    objects = render({**SCENARIOS["external-urls"], "networkPolicy": {"egress": {"enabled": True}}})
+    for companion in (
+        one(objects, "Secret", "-migrate"),
+        one(objects, "NetworkPolicy", "-migrate"),
+    ):
+        policy = companion["metadata"]["annotations"]["helm.sh/hook-delete-policy"]
+        assert policy == "before-hook-creation,hook-succeeded"
+    # The Job stays (its logs), until the next run replaces it or its TTL.
+    assert one(objects, "Job")["metadata"]["annotations"]["helm.sh/hook-delete-policy"] == (
+        "before-hook-creation"
+    )
+    urls_only = one(objects, "Secret", f"{RELEASE}-queueflow")
+    assert "annotations" not in urls_only["metadata"]  # uninstall removes managed URLs
+    passwords = one(render(), "Secret", f"{RELEASE}-queueflow")
+    assert passwords["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+
+
+def test_extra_env_may_set_what_the_job_sets_without_repeating_a_name(render: Render) -> None:
+    values = {"extraEnv": [{"name": "QUEUEFLOW_LOG_LEVEL", "value": "debug"}]}
+    for obj in render(values):
+        if obj["kind"] in POD_KINDS:
+            for container in pod_spec(obj)["containers"]:
+                names = [e["name"] for e in container.get("env", [])]
+                assert len(names) == len(set(names)), key(obj)
+
+
+def test_pod_labels_never_change_the_selector(render: Render) -> None:
+    labels = {"app.kubernetes.io/component": "x", "team": "analytics"}
+    ingest = one(render({"ingest": {"podLabels": labels}}), "Deployment", "-ingest")
+    pod_labels = ingest["spec"]["template"]["metadata"]["labels"]
+    assert pod_labels["team"] == "analytics"
+    assert ingest["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+
+
+def test_keda_reads_the_database_the_stream_is_in(render: Render) -> None:
+    values = {**SCENARIOS["keda-external"]}
+    values["worker"] = {
+        **values["worker"],
+        "keda": {**values["worker"]["keda"], "databaseIndex": 3},
+    }
+    (trigger,) = one(render(values), "ScaledObject")["spec"]["triggers"]
+    assert trigger["metadata"]["databaseIndex"] == "3"
+
+
+def test_values_that_kubernetes_would_refuse_are_refused_first(helm: Path) -> None:
+    for values, message in (
+        ({"ingest": {"autoscaling": {"minReplicas": 20}}}, "minReplicas must not exceed"),
+        (
+            {
+                **SCENARIOS["keda"],
+                "worker": {
+                    "autoscaling": {"enabled": False},
+                    "keda": {"enabled": True, "minReplicas": 5, "maxReplicas": 2},
+                },
+            },
+            "minReplicas must not exceed",
+        ),
+        ({"ingress": {"enabled": True, "hosts": []}}, "ingress.hosts"),
+        ({"ingest": {"pdb": {"maxUnavailable": 0}}}, "maxUnavailable"),
+        ({"podSecurityContext": {"runAsUsr": 5}}, "runAsUsr"),
+        ({"containerSecurityContext": {"readOnlyRootFilesytem": False}}, "readOnlyRootFilesytem"),
+        ({"imagePullSecrets": [{}]}, "imagePullSecrets"),
+    ):
+        done = run_helm(helm, "template", RELEASE, str(CHART), values=values)
+        assert done.returncode != 0 and message in done.stderr, (values, done.stderr)
+
+
+def test_only_ingest_holds_the_user_id_key(render: Render) -> None:
+    values = {"userIdKey": {"existingSecret": "analytics-keys", "existingSecretKey": "uid"}}
+    for deployment in find(render(values), "Deployment"):
+        env = env_of(pod_spec(deployment)["containers"][0])
+        key = env.get("QUEUEFLOW_USER_ID_KEY")
+        if deployment["metadata"]["name"].endswith("-ingest"):
+            assert key["valueFrom"]["secretKeyRef"] == {"name": "analytics-keys", "key": "uid"}
+        else:
+            assert key is None
+    assert all(
+        "QUEUEFLOW_USER_ID_KEY" not in env_of(pod_spec(d)["containers"][0])
+        for d in find(render(), "Deployment")
+    )

@@ -149,6 +149,7 @@ def test_skaffold_deploys_this_chart_and_forwards_to_its_services(helm: Path) ->
     assert (ROOT / artifact["docker"]["dockerfile"]).exists()
     image = artifact["image"]
     assert release["setValueTemplates"] == {
+        "image.registry": "",  # IMAGE_REPO is the whole name, registry included
         "image.repository": f"{{{{.IMAGE_REPO_{image}}}}}",
         "image.tag": f"{{{{.IMAGE_TAG_{image}}}}}",
     }

@@ -79,6 +79,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
 def release(cluster: dict[str, str]) -> dict[str, str]:
     repository, tag = IMAGE.split(":")
     settings = {
+        "image.registry": "",
         "image.repository": repository,
         "image.tag": tag,
         "image.pullPolicy": "Never",

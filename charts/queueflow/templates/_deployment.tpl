@@ -244,8 +244,10 @@ spec:
     - to:
         {{- toYaml $np.egress.dns.to | nindent 8 }}
       ports:
-        - {port: 53, protocol: UDP}
-        - {port: 53, protocol: TCP}
+        {{- range $np.egress.dns.ports }}
+        - {port: {{ . }}, protocol: UDP}
+        - {port: {{ . }}, protocol: TCP}
+        {{- end }}
     {{- range $server := .to }}
     {{- if eq $server "http" }}
     - to:

@@ -69,17 +69,18 @@ app.kubernetes.io/part-of: queueflow
 {{- define "queueflow.podLabels" -}}
 {{ include "queueflow.selectorLabels" . }}
 app.kubernetes.io/part-of: queueflow
-{{- with .podLabels }}
+{{- with omit (.podLabels | default dict) "app.kubernetes.io/name" "app.kubernetes.io/instance" "app.kubernetes.io/component" "app.kubernetes.io/part-of" }}
 {{ toYaml . }}
 {{- end }}
 {{- end }}
 
 {{/*
-An image reference: [global.imageRegistry/]repository, then @digest when given, else :tag.
-Call with (dict "root" $ "image" .Values.image "default" .Chart.AppVersion).
+An image reference: registry (global.imageRegistry replaces each image's own) / repository,
+then @digest when given, else :tag. Call with (dict "root" $ "image" .Values.image "default"
+.Chart.AppVersion).
 */}}
 {{- define "queueflow.imageRef" -}}
-{{- $registry := ((.root.Values.global).imageRegistry) | default "" -}}
+{{- $registry := ((.root.Values.global).imageRegistry) | default .image.registry -}}
 {{- $repository := .image.repository -}}
 {{- if $registry }}{{ $repository = printf "%s/%s" $registry $repository }}{{ end -}}
 {{- if .image.digest }}
@@ -95,11 +96,14 @@ Call with (dict "root" $ "image" .Values.image "default" .Chart.AppVersion).
 
 {{/* imagePullSecrets of every pod the chart makes: global ones, then the chart's own. */}}
 {{- define "queueflow.imagePullSecrets" -}}
-{{- $secrets := concat (((.Values.global).imagePullSecrets) | default list) .Values.imagePullSecrets -}}
-{{- with $secrets }}
+{{- $names := list -}}
+{{- range concat (((.Values.global).imagePullSecrets) | default list) .Values.imagePullSecrets }}
+{{- if kindIs "string" . }}{{ $names = append $names . }}{{ else }}{{ $names = append $names .name }}{{ end }}
+{{- end }}
+{{- with $names | uniq }}
 imagePullSecrets:
   {{- range . }}
-  - name: {{ if kindIs "string" . }}{{ . }}{{ else }}{{ .name }}{{ end }}
+  - name: {{ . }}
   {{- end }}
 {{- end }}
 {{- end }}
@@ -198,6 +202,15 @@ database's credentials, reporting never Redis's), the settings from the ConfigMa
 {{- if has .component (list "ingest" "worker") }}
 {{- include "queueflow.env.redis" $root }}
 {{- end }}
+{{- with $root.Values.userIdKey.existingSecret }}
+{{- if eq $.component "ingest" }}
+- name: QUEUEFLOW_USER_ID_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $root.Values.userIdKey.existingSecretKey }}
+{{- end }}
+{{- end }}
 {{- $db := $root.Values.externalDatabase -}}
 {{- if and (eq .component "reporting") (not $root.Values.postgresql.enabled) $db.existingSecret $db.existingSecretReportingKey }}
 {{- include "queueflow.env.database" (dict "root" $root "secret" $db.existingSecret "key" $db.existingSecretReportingKey) }}
@@ -264,7 +277,11 @@ and client buffers need the rest), in bytes. The schema allows only Mi/Gi limits
 {{- end }}
 {{- end }}
 
-{{/* The hook annotations of the migration Job and its companions; call with (dict "root" $ "weight" n). */}}
+{{/*
+The hook annotations of the migration Job and its companions; call with (dict "root" $
+"weight" n "done" true) for a companion deleted once the phase succeeded (Helm deletes
+hook-succeeded hooks after every hook of the phase has run).
+*/}}
 {{- define "queueflow.migrateHook" -}}
 {{- if include "queueflow.migrateBeforeInstall" .root }}
 helm.sh/hook: pre-install,pre-upgrade
@@ -276,7 +293,7 @@ argocd.argoproj.io/hook: PostSync
 argocd.argoproj.io/hook-delete-policy: BeforeHookCreation
 {{- end }}
 helm.sh/hook-weight: {{ .weight | quote }}
-helm.sh/hook-delete-policy: before-hook-creation
+helm.sh/hook-delete-policy: before-hook-creation{{ if .done }},hook-succeeded{{ end }}
 {{- end }}
 
 {{/*

@@ -16,6 +16,18 @@
 {{- if and (not $v.postgresql.enabled) (not $v.externalDatabase.url) (not $v.externalDatabase.existingSecret) }}
 {{- fail "postgresql.enabled=false needs externalDatabase.url or externalDatabase.existingSecret" }}
 {{- end }}
+{{- range $c := list "ingest" "worker" }}
+{{- $a := (index $v $c).autoscaling }}
+{{- if and $a.enabled (gt (int $a.minReplicas) (int $a.maxReplicas)) }}
+{{- fail (printf "%s.autoscaling.minReplicas must not exceed maxReplicas" $c) }}
+{{- end }}
+{{- end }}
+{{- if and $v.worker.keda.enabled (gt (int $v.worker.keda.minReplicas) (int $v.worker.keda.maxReplicas)) }}
+{{- fail "worker.keda.minReplicas must not exceed maxReplicas" }}
+{{- end }}
+{{- if and $v.ingress.enabled (not $v.ingress.hosts) }}
+{{- fail "ingress.enabled needs at least one entry in ingress.hosts (host: \"\" matches any)" }}
+{{- end }}
 {{- if and $v.redis.enabled (not $v.redis.maxmemory) (not (regexMatch "^[0-9]+(Mi|Gi)$" (toString (($v.redis.resources).limits).memory))) }}
 {{- fail "redis.maxmemory is needed unless redis.resources.limits.memory is given in Mi or Gi (maxmemory is then 75% of it)" }}
 {{- end }}
