@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.queueflow-installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv dev test test-unit chart-test e2e lint format lock bench bench-smoke clean
+.PHONY: help venv dev test test-unit chart-test e2e lint format lock tracker bench bench-smoke clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -61,6 +61,9 @@ lock: ## Re-resolve the image's hashed pins (requirements*.lock); UPGRADE=1 take
 	  | .venv-lock/bin/uv pip compile - --universal --python-version 3.11 \
 	  --generate-hashes --custom-compile-command 'make lock' --quiet $(if $(UPGRADE),--upgrade) \
 	  -o requirements-build.lock
+
+tracker: ## Minify the tracker (ingest/tracker/tracker.js -> tracker.min.js) with terser (npm)
+	cd services/queueflow/ingest/tracker && npm ci --no-audit --no-fund --silent && npm run -s build
 
 bench: venv ## Measure speed against the limits (under 10 minutes; see bench/README.md)
 	$(BIN)/python -m bench.run

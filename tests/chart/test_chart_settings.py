@@ -20,6 +20,7 @@ NOT_IN_CHART = {
     "consumer": "each worker pod's own name: the Deployment sets it from metadata.name",
     "workers": "worker processes `queueflow dev` starts; in a cluster they are worker pods",
     "migrations_dir": "the image's own migrations are the ones its code expects",
+    "user_id_key": "a secret: read from userIdKey.existingSecret, and by ingest only",
 }
 # In the ConfigMap but not a value: log collectors read JSON lines.
 FIXED_BY_CHART = {"log_format": "json"}
@@ -54,6 +55,8 @@ def other_value(setting: str, index: int) -> object:
     """A valid value unlike the default (and unlike the others' for other indexes)."""
     field = Settings.model_fields[setting]
     default = field.default
+    if setting == "cors_origins":  # a list of origins, not any string
+        return f"https://site{index}.example.com"
     if isinstance(default, bool):
         return not default
     if isinstance(default, str):

@@ -63,6 +63,10 @@ def other_value(name: str) -> object:
         return "postgresql://u:pw@db:5432/qf"
     if name in ("consumer", "migrations_dir"):
         return f"other-{name}"
+    if name == "user_id_key":
+        return "a-key-of-sixteen-or-more"
+    if name == "cors_origins":
+        return "https://www.example.com,http://localhost:3000"
     if isinstance(field.default, bool):
         return not field.default
     if isinstance(field.default, str):
@@ -129,7 +133,8 @@ def test_the_service_environment_keeps_secrets_out_unless_asked() -> None:
     env = service_environment(settings)
     assert "REDIS_URL" not in env and "pw" not in str(env)
     assert "DATABASE_URL" not in env  # unset: left out, never "None"
-    assert {n for n in Settings.model_fields if is_secret(n)} == {"redis_url", "database_url"}
+    secrets = {n for n in Settings.model_fields if is_secret(n)}
+    assert secrets == {"redis_url", "database_url", "user_id_key"}
     assert service_environment(settings, only=["stream", "redis_url"], secrets=True) == {
         "QUEUEFLOW_STREAM": "s",
         "REDIS_URL": "redis://:pw@cache:6380/0",

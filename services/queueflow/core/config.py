@@ -8,11 +8,12 @@ settings back into those variables for a process started from them.
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Iterable
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, PostgresDsn, RedisDsn, ValidationError
+from pydantic import AliasChoices, Field, PostgresDsn, RedisDsn, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -22,6 +23,7 @@ from queueflow.core.errors import ConfigError
 SERVING_COMMANDS = ("dev", "ingest", "reporting", "worker")
 EVERY_COMMAND = (*SERVING_COMMANDS, "migrate", "verify", "dead-letters", "smoke")
 ENV_PREFIX = "QUEUEFLOW_"
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s,]+", re.IGNORECASE)
 
 
 class Flag:
@@ -117,6 +119,20 @@ class Settings(BaseSettings):
     max_event_age_days: int = Field(
         30, ge=0, description="oldest accepted timestamp, days; 0 lifts the limit (back-fills)"
     )
+    cors_origins: str = Field(
+        "*",
+        min_length=1,
+        description="origins that may send events, comma-separated (https://host[:port]), or *",
+    )
+    drop_bots: bool = Field(
+        True, description="answer known crawlers' events 202 ignored and enqueue nothing"
+    )
+    user_id_key: str | None = Field(
+        None,
+        min_length=16,
+        repr=False,
+        description="a secret: ingest replaces user ids by their HMAC-SHA256 under it",
+    )
     workers: Annotated[int, Flag("dev")] = Field(
         1, ge=0, le=64, description="worker processes `queueflow dev` starts"
     )
@@ -175,6 +191,18 @@ class Settings(BaseSettings):
         True,
         description="worker and reporting apply pending migrations at start (advisory lock)",
     )
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        """`*`, or origins as browsers send them (no path, no trailing slash), blanks trimmed."""
+        origins = [o.strip() for o in value.split(",") if o.strip()]
+        for origin in origins:
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(f"{origin!r} is not an origin like https://www.example.com")
+        if not origins or ("*" in origins and len(origins) > 1):
+            raise ValueError("either * or a list of origins")
+        return ",".join(origins)
 
     def redis_dsn(self) -> str:
         if self.redis_url is None:

@@ -71,7 +71,8 @@ class Event(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc=F
     event_type: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
     path: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
     user_id: Text
-    timestamp: datetime
+    # Absent: the time ingest accepted the event (a browser's clock is not trusted).
+    timestamp: datetime | None = None
     event_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None
     referrer: Annotated[str, msgspec.Meta(max_length=2048)] | None = None
     properties: Properties | None = None
@@ -135,6 +136,8 @@ def _problems(
     to aware UTC. Returns (field, message) pairs."""
     found = []
     ts = event.timestamp
+    if ts is None:  # only a stream entry can get here without one: decode_entry says so
+        return [("timestamp", "stream entry has no timestamp")]
     if ts.tzinfo is not UTC:
         utc = _to_utc(ts)
         if utc is None:
@@ -196,11 +199,15 @@ def _check(
     suspects: list[int] = []
     ids: list[str] = []
     props: list[dict[str, Any]] = []
-    # Quote characters the body must hold: the five required fields' keys and string values.
+    # Quote characters the body must hold: the four required fields' keys and string values,
+    # and the timestamp's key and value where it is given.
     quotes = 20 * len(events)
     for index, event in enumerate(events):
         ts = event.timestamp
-        if ts.tzinfo is not UTC:
+        if ts is None:
+            event.timestamp = ts = min(datetime.now(UTC), latest)
+            quotes -= 4
+        elif ts.tzinfo is not UTC:
             utc = _to_utc(ts)
             if utc is None:
                 suspects.append(index)

@@ -32,6 +32,11 @@ INGEST_REJECTED = Counter(
     "Requests rejected before anything was enqueued, by reason.",
     ["reason"],
 )
+INGEST_DROPPED = Counter(
+    "queueflow_ingest_events_dropped_total",
+    "Valid events answered 202 ignored and not enqueued, by reason (bot: a known crawler).",
+    ["reason"],
+)
 INGEST_BATCH_EVENTS = Histogram(
     "queueflow_ingest_batch_events",
     "Events per accepted POST /events request.",
@@ -124,8 +129,10 @@ for _reason in (
     "backpressure",
     "redis_unavailable",
     "disconnected",
+    "cors",
 ):
     INGEST_REJECTED.labels(_reason)
+INGEST_DROPPED.labels("bot")
 for _kind in ("max_deliveries", "undecodable", "rejected"):
     WORKER_DEAD_LETTERED.labels(_kind)
 for _dependency in ("redis", "postgres"):

@@ -10,7 +10,7 @@ through redis-py's commands.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,23 +95,38 @@ class EventStream:
         self.key = self.name.encode()
         # Every untraced XADD of this stream is these bytes but for the event.
         self._xadd_untraced = wire.command_template(b"XADD", self.key, b"*", EVENT_FIELD)
+        # Packed commands counting appended events by site (keys in the stream's hash slot:
+        # ingest's accounting), run in each append's transaction; None counts nothing.
+        self.count: Callable[[list[str]], list[bytes]] | None = None
+        self._appends: Coalescer[tuple[Sequence[bytes], bytes | None, Sequence[str]]]
         self._appends = Coalescer(
             self._append, cancelled=lambda: StreamUnavailable("the append was cancelled")
         )
         self._delete_idle_consumers = client.register_script(DELETE_IDLE_CONSUMERS)
 
-    async def add(self, payloads: Sequence[bytes], traceparent: bytes | None = None) -> None:
+    async def add(
+        self,
+        payloads: Sequence[bytes],
+        traceparent: bytes | None = None,
+        sites: Sequence[str] = (),
+    ) -> None:
         """Append events, each with the request's trace context if traced; all of them land
         or none do (StreamUnavailable). Concurrent requests' appends are coalesced into
-        shared round trips (core/coalescer.py)."""
-        await self._appends.submit((payloads, traceparent))
+        shared round trips (core/coalescer.py). `sites` (the events' site ids) go to `count`,
+        whose commands run in the same transaction: events are counted as they land."""
+        await self._appends.submit((payloads, traceparent, sites))
 
-    async def _append(self, group: list[tuple[Sequence[bytes], bytes | None]]) -> None:
+    async def _append(
+        self, group: list[tuple[Sequence[bytes], bytes | None, Sequence[str]]]
+    ) -> None:
         commands = [
             self._xadd(payload, traceparent)
-            for payloads, traceparent in group
+            for payloads, traceparent, _ in group
             for payload in payloads
         ]
+        sites = [site for _, _, request_sites in group for site in request_sites]
+        if self.count is not None and sites:  # one command per site for the round trip
+            commands.extend(self.count(sites))
         try:
             if len(commands) == 1:
                 await wire.call(self.client, commands[0])

@@ -34,10 +34,13 @@ from queueflow.core.events import (
     encode_event,
 )
 from queueflow.core.http_telemetry import route_paths
+from queueflow.core.ingest_counts import DROPPED, REJECTED
 from queueflow.core.probes import add_probe_routes
 from queueflow.core.query_params import strict_app
 from queueflow.core.stream import EventStream, connect
 from queueflow.core.tracing import Tracing, traceparent
+from queueflow.core.user_ids import UserIdHasher
+from queueflow.ingest.accounting import Accounting, readable_sites
 from queueflow.ingest.backpressure import Backlog
 from queueflow.ingest.body import (
     ENCODING_ERROR,
@@ -52,7 +55,10 @@ from queueflow.ingest.body import (
     media_type_ok,
     read_body,
 )
+from queueflow.ingest.bots import is_bot
+from queueflow.ingest.cors import Cors, origin_of
 from queueflow.ingest.openapi import event_routes_openapi
+from queueflow.ingest.tracker_js import TRACKER_PATH, TrackerScript
 
 _encode = msgspec.json.Encoder().encode
 
@@ -64,6 +70,7 @@ class IngestState:
 
     stream: EventStream
     backlog: Backlog
+    accounting: Accounting
 
     KEY: ClassVar[str] = "ingest"
 
@@ -79,35 +86,46 @@ def ingest_state(request: Request) -> IngestState:
 class EventEndpoint:
     """ASGI endpoint for one event (`batch=False`) or an array of events (`batch=True`)."""
 
-    def __init__(self, settings: Settings, *, batch: bool, tracing: Tracing) -> None:
+    def __init__(self, settings: Settings, *, batch: bool, tracing: Tracing, cors: Cors) -> None:
         self.batch = batch
         self.tracing = tracing
+        self.cors = cors
+        self.cors_any = cors.headers(None) if cors.any else None  # the same for every answer
         self.max_body = settings.max_body_bytes
         self.max_events = settings.max_batch_events
         self.window = EventWindow(settings.max_event_age_days)
+        self.drop_bots = settings.drop_bots
+        self.hash_user_id = UserIdHasher(settings.user_id_key) if settings.user_id_key else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         status, body, headers = await self.handle(scope, receive)
         # Always a Content-Length: an HTTP/1.0 client cannot read a chunked answer.
-        headers = [*headers, (b"content-length", b"%d" % len(body))]
+        cors = self.cors_any or self.cors.headers(origin_of(scope))
+        headers = [*headers, *cors, (b"content-length", b"%d" % len(body))]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     async def handle(self, scope: Scope, receive: Receive) -> tuple[int, bytes, list]:
         if scope["query_string"]:  # never ignored, as on every route (core/query_params.py)
             return _reject("validation", 422, QUERY_ERROR)
-        content_type = coding = None
+        content_type = coding = origin = user_agent = None
         declared_length, content_types = None, 0
         for name, value in scope["headers"]:
             if name == b"content-type":
                 content_type, content_types = value, content_types + 1
             elif name == b"content-length":
                 declared_length = int(value) if value.isdigit() else None
+            elif name == b"user-agent":
+                user_agent = value
             elif name == b"content-encoding":
                 coding = value if coding is None else coding + b"," + value
             elif name == b"transfer-encoding" and value.strip().lower() != b"chunked":
                 # The HTTP parser de-chunks; any other coding (gzip, ...) would pass unread.
                 return _reject("media_type", 415, TRANSFER_ERROR)
+            elif name == b"origin":
+                origin = value
+        if origin is not None and not self.cors.any and not self.cors.allows(origin):
+            return _reject("cors", 403, "Origin not allowed (QUEUEFLOW_CORS_ORIGINS)")
         if content_types != 1 or not media_type_ok(content_type):
             return _reject("media_type", 415, MEDIA_TYPE_ERROR)
         gzipped = False
@@ -137,12 +155,20 @@ class EventEndpoint:
             return _reject("malformed_json", 400, f"Body is not valid JSON: {exc}")
         except InvalidEvents as exc:
             obs.INGEST_REJECTED.labels("validation").inc()
+            IngestState.of(scope).accounting.note(REJECTED + "validation", readable_sites(raw))
             return 422, _encode({"detail": exc.errors}), _JSON_HEADERS
+        state = IngestState.of(scope)
+        if self.drop_bots and user_agent is not None and is_bot(user_agent):
+            obs.INGEST_DROPPED.labels("bot").inc(len(events))
+            state.accounting.note(DROPPED + "bot", (e.site_id for e in events))
+            return 202, _IGNORED_BOT, _JSON_HEADERS
+        if self.hash_user_id is not None:  # before anything leaves this process
+            for event in events:
+                event.user_id = self.hash_user_id(event.site_id, event.user_id)
         missing = [e for e in events if e.event_id is None]
         for event, event_id in zip(missing, new_event_ids(len(missing)), strict=True):
             event.event_id = event_id
         ids = [e.event_id for e in events if e.event_id is not None]  # all of them, now
-        state = IngestState.of(scope)
         # A 503 names the ids the events carry: after a Redis timeout they may be in the
         # stream yet, and a client that retries with them is still counted once.
         if state.backlog.over:  # checked after validation: bad input gets its 4xx
@@ -154,8 +180,11 @@ class EventEndpoint:
                 event_ids=ids,
             )
         try:
-            await self._append(state.stream, [encode_event(e) for e in events])
+            await self._append(
+                state.stream, [encode_event(e) for e in events], [e.site_id for e in events]
+            )
         except StreamUnavailable:
+            state.accounting.append_failed()
             return _reject(
                 "redis_unavailable",
                 503,
@@ -171,9 +200,9 @@ class EventEndpoint:
             reply = {"status": "accepted", "event_id": ids[0]}
         return 202, _encode(reply), _JSON_HEADERS
 
-    async def _append(self, stream: EventStream, payloads: list[bytes]) -> None:
+    async def _append(self, stream: EventStream, payloads: list[bytes], sites: list[str]) -> None:
         if not self.tracing.enabled:
-            await stream.add(payloads)
+            await stream.add(payloads, sites=sites)
             return
         # The request's server span is also the producer: its context goes into each entry
         # for the worker. A second, producer span per request would double tracing's cost.
@@ -187,10 +216,11 @@ class EventEndpoint:
                     "messaging.batch.message_count": len(payloads),
                 }
             )
-        await stream.add(payloads, traceparent(span))
+        await stream.add(payloads, traceparent(span), sites)
 
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+_IGNORED_BOT = _encode({"status": "ignored", "reason": "bot"})
 
 
 def _reject(
@@ -217,19 +247,34 @@ _NOT_ALLOWED_HEADERS = [
 
 class IngestApp:
     """The ingest ASGI app: POST /event and /events go straight to their endpoints (no
-    middleware stack, no routing table); everything else, the lifespan included, to FastAPI."""
+    middleware stack, no routing table), and so do their CORS preflights and /tracker.js;
+    everything else, the lifespan included, to FastAPI."""
 
-    def __init__(self, api: FastAPI, endpoints: dict[str, EventEndpoint]) -> None:
+    def __init__(
+        self, api: FastAPI, endpoints: dict[str, EventEndpoint], tracker: TrackerScript
+    ) -> None:
         self.api = api
         self.endpoints = endpoints
-        self.route_paths = set(endpoints) | route_paths(api)
+        self.tracker = tracker
+        self.route_paths = {*endpoints, TRACKER_PATH} | route_paths(api)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        endpoint = self.endpoints.get(scope.get("path", ""))
-        if endpoint is None or scope["type"] != "http":
+        path = scope.get("path", "")
+        endpoint = self.endpoints.get(path)
+        if scope["type"] != "http":
             await self.api(scope, receive, send)
+        elif endpoint is None:
+            if path == TRACKER_PATH:
+                await self.tracker(scope, receive, send)
+            else:
+                await self.api(scope, receive, send)
         elif scope["method"] == "POST":
             await endpoint(scope, receive, send)
+        elif scope["method"] == "OPTIONS":
+            status, headers = endpoint.cors.preflight(origin_of(scope), b"POST")
+            headers = [*headers, (b"content-length", b"0")]
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
         else:
             await send(
                 {"type": "http.response.start", "status": 405, "headers": _NOT_ALLOWED_HEADERS}
@@ -250,14 +295,18 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> IngestApp:
         backlog = Backlog(
             stream, limit=settings.backlog_limit, refresh_s=settings.backlog_refresh_ms / 1000
         )
+        accounting = Accounting(client, settings.stream)
+        stream.count = accounting.accepted
         await backlog.refresh()
-        watching = asyncio.create_task(backlog.run())
+        background = [asyncio.create_task(backlog.run()), asyncio.create_task(accounting.run())]
         try:
-            yield {IngestState.KEY: IngestState(stream, backlog)}
+            yield {IngestState.KEY: IngestState(stream, backlog, accounting)}
         finally:
-            watching.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watching
+            for task in background:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await accounting.flush()  # the last second's drops and rejections
             await client.aclose()
 
     api = strict_app(title="QueueFlow ingest", version=__version__, lifespan=lifespan)
@@ -267,8 +316,9 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> IngestApp:
 
     add_probe_routes(api, {"redis": redis_check})
     event_routes_openapi(api, settings)
+    cors = Cors(settings.cors_origins)
     endpoints = {
-        "/event": EventEndpoint(settings, batch=False, tracing=tracing),
-        "/events": EventEndpoint(settings, batch=True, tracing=tracing),
+        "/event": EventEndpoint(settings, batch=False, tracing=tracing, cors=cors),
+        "/events": EventEndpoint(settings, batch=True, tracing=tracing, cors=cors),
     }
-    return IngestApp(api, endpoints)
+    return IngestApp(api, endpoints, TrackerScript(cors))

@@ -174,12 +174,11 @@ def _describe_event(event: dict[str, Any], settings: Settings) -> None:
     for name, (pattern, description) in rules.items():
         _text(fields[name])["pattern"] = pattern
         fields[name]["description"] = description
-    fields["timestamp"].update(
-        format="date-time",
-        description=(
-            "An RFC 3339 / ISO 8601 date-time, e.g. 2026-11-23T09:30:00Z or "
-            "2026-11-23T09:30:00+01:00; without an offset it is UTC. It must be " + window + "."
-        ),
+    _text(fields["timestamp"])["format"] = "date-time"
+    fields["timestamp"]["description"] = (
+        "An RFC 3339 / ISO 8601 date-time, e.g. 2026-11-23T09:30:00Z or "
+        "2026-11-23T09:30:00+01:00; without an offset it is UTC. It must be " + window + ". "
+        "Absent (or null): the time ingest accepts the event, counted on that UTC day."
     )
     props = fields["properties"]["anyOf"][0]
     props["propertyNames"]["pattern"] = f"^{NO_CONTROLS}+$"

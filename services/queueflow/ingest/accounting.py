@@ -1,0 +1,113 @@
+"""Ingest's per-site, per-day accounting (core/ingest_counts.py): accepted events are counted
+in the same transaction that appends them (one HINCRBY per site for a whole coalesced round
+trip, core/stream.py), so the count moves with the events; drops and
+rejections are summed in memory and written once a second (they need no round trip of their
+own on the request's path, and a flood of bad requests costs Redis one command per site)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Iterable
+from datetime import date
+
+import msgspec
+import redis.asyncio as redis
+import structlog
+from redis.exceptions import RedisError
+
+from queueflow.core import redis_wire as wire
+from queueflow.core.ingest_counts import ACCEPTED, RETENTION_S, counts_key
+
+log = structlog.get_logger(__name__)
+_TTL = b"%d" % RETENTION_S
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+MAX_ITEMS = 10_000
+MAX_SITE_CHARS = 256
+
+
+class Accounting:
+    def __init__(self, client: redis.Redis, stream: str, *, flush_s: float = 1.0) -> None:
+        self.client = client
+        self.stream = stream
+        self.flush_s = flush_s
+        self._pending: Counter[tuple[bytes, bytes]] = Counter()  # (key, field) -> events
+        self._day = -1  # the UTC day number the keys below are for
+        self._keys: dict[str, bytes] = {}  # site -> today's key
+        self._expiring: set[bytes] = set()  # keys this process gave their expiry today
+
+    def _key(self, site_id: str) -> bytes:
+        day = int(time.time() // 86_400)  # the UTC day number: cheaper than a date per event
+        if day != self._day:
+            self._day, self._keys, self._expiring = day, {}, set()
+        key = self._keys.get(site_id)
+        if key is None:
+            if len(self._keys) > 100_000:  # bounded: a flood of invented sites
+                self._keys.clear()
+            today = date.fromordinal(_EPOCH_ORDINAL + day)
+            key = self._keys[site_id] = counts_key(self.stream, today, site_id)
+        return key
+
+    def accepted(self, site_ids: list[str]) -> list[bytes]:
+        """Commands counting these accepted events (one append's, of every request in it) for
+        the transaction that appends them: one per site; each key's expiry is set the first
+        time this process counts into it on a day."""
+        commands = []
+        for site_id, n in Counter(site_ids).items():
+            key = self._key(site_id)
+            commands.append(wire.command(b"HINCRBY", key, ACCEPTED, b"%d" % n))
+            if key not in self._expiring:
+                self._expiring.add(key)
+                commands.append(wire.command(b"EXPIRE", key, _TTL))
+        return commands
+
+    def append_failed(self) -> None:
+        """The transaction with accepted()'s commands did not apply: its expiries must be sent
+        again (a key made later without one would never expire)."""
+        self._expiring.clear()
+
+    def note(self, field: str, site_ids: Iterable[str]) -> None:
+        """Count events dropped or rejected, written with the next flush."""
+        name = field.encode()
+        for site_id in site_ids:
+            self._pending[self._key(site_id), name] += 1
+
+    async def flush(self) -> None:
+        pending, self._pending = self._pending, Counter()
+        if not pending:
+            return
+        commands = [wire.command(b"HINCRBY", k, f, b"%d" % n) for (k, f), n in pending.items()]
+        commands += [wire.command(b"EXPIRE", k, _TTL) for k in {k for k, _ in pending}]
+        try:
+            await wire.exchange(self.client, commands)
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("could not write ingest counts; they are lost", error=repr(exc))
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_s)
+            try:
+                await self.flush()
+            except Exception:  # a bug here must not stop the counting for good
+                log.exception("ingest counts flush failed")
+
+
+_any = msgspec.json.Decoder()
+
+
+def readable_sites(body: bytes) -> list[str]:
+    """The site_id of each event in a body ingest refused, where one can be read (for its
+    rejected counts): an object's, or each array item's that is a string of the right size."""
+    try:
+        decoded = _any.decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        return []
+    items = decoded if isinstance(decoded, list) else [decoded]
+    return [
+        site
+        for item in items[:MAX_ITEMS]
+        if isinstance(item, dict)
+        and isinstance(site := item.get("site_id"), str)
+        and 0 < len(site) <= MAX_SITE_CHARS
+    ]

@@ -1,0 +1,124 @@
+/*
+ * QueueFlow's tracker (README "On a web page"). Readable source; ingest serves
+ * tracker.min.js, made from this file by `make tracker`.
+ *
+ * <script defer src="https://INGEST/tracker.js" data-site="example.com"></script>
+ *
+ * One page_view on load and per history navigation, custom events and identify through
+ * window.queueflow (callable before this loads: calls queue up in queueflow.q). Each
+ * event carries a fresh random event_id, so a beacon sent twice counts once. No cookies;
+ * the visitor id lives in localStorage. Nothing is sent under Do-Not-Track or Global
+ * Privacy Control when the tag says data-respect-dnt.
+ */
+(function (win, doc) {
+  var script = doc.currentScript;
+  if (!script) return;
+  var attr = function (name) {
+    return script.getAttribute("data-" + name);
+  };
+  var has = function (name) {
+    return script.hasAttribute("data-" + name);
+  };
+  var site = attr("site");
+  var endpoint = attr("endpoint") || new URL(script.src).origin + "/event";
+  var nav = navigator;
+  var storage;
+  var KEY = "queueflow_uid";
+  var lastPath;
+
+  var optedOut =
+    has("respect-dnt") &&
+    (nav.doNotTrack == "1" || win.doNotTrack == "1" || nav.globalPrivacyControl);
+
+  var randomId = function () {
+    if (win.crypto && crypto.randomUUID) return crypto.randomUUID();
+    return Date.now().toString(36) + "." + Math.random().toString(36).slice(2);
+  };
+
+  try {
+    storage = win.localStorage;
+  } catch (e) {}
+
+  var remember = function (id) {
+    try {
+      storage.setItem(KEY, id);
+    } catch (e) {}
+    return id;
+  };
+
+  var userId = attr("user-id");
+  if (!userId) {
+    try {
+      userId = storage.getItem(KEY);
+    } catch (e) {}
+    userId = userId || remember(randomId());
+  }
+
+  var currentPath = function () {
+    return location.pathname + (has("hash") ? location.hash : "");
+  };
+
+  var send = function (type, properties) {
+    if (optedOut || !site) return;
+    var event = {
+      site_id: site,
+      event_type: type,
+      path: currentPath(),
+      user_id: userId,
+      event_id: randomId()
+    };
+    var referrer = doc.referrer;
+    if (referrer && new URL(referrer).origin != location.origin) event.referrer = referrer;
+    if (properties) event.properties = properties;
+    var body = JSON.stringify(event);
+    // text/plain: a "simple" cross-origin request, no preflight needed.
+    if (!(nav.sendBeacon && nav.sendBeacon(endpoint, body))) {
+      fetch(endpoint, {
+        method: "POST",
+        body: body,
+        keepalive: true,
+        headers: { "content-type": "text/plain" }
+      }).catch(function () {});
+    }
+  };
+
+  var pageview = function () {
+    lastPath = currentPath();
+    send("page_view");
+  };
+
+  var navigated = function () {
+    if (currentPath() != lastPath) pageview();
+  };
+
+  var api = function (command, a, b) {
+    if (command == "event") send(a, b);
+    else if (command == "identify") userId = remember(String(a));
+    else if (command == "pageview") pageview();
+  };
+
+  var history = win.history;
+  ["pushState", "replaceState"].forEach(function (name) {
+    var original = history[name];
+    history[name] = function () {
+      var result = original.apply(this, arguments);
+      navigated();
+      return result;
+    };
+  });
+  win.addEventListener("popstate", navigated);
+  if (has("hash")) win.addEventListener("hashchange", navigated);
+
+  var queued = (win.queueflow && win.queueflow.q) || [];
+  win.queueflow = function () {
+    api.apply(null, arguments);
+  };
+  // A queued identify applies to the first page view too; everything else follows it.
+  var replay = function (identify) {
+    for (var i = 0; i < queued.length; i++)
+      if ((queued[i][0] == "identify") == identify) api.apply(null, queued[i]);
+  };
+  replay(true);
+  pageview();
+  replay(false);
+})(window, document);
