@@ -645,10 +645,11 @@ async def test_the_openapi_document_says_what_is_enforced(client) -> None:
         assert f"{limit} bytes" in fields[name]["description"]
     for route in ("/event", "/events"):
         responses = schema["paths"][route]["post"]["responses"]
-        assert set(responses) == {"202", "400", "413", "415", "422", "503"}
+        assert set(responses) == {"202", "400", "403", "413", "415", "422", "503"}
         unavailable = responses["503"]["content"]["application/json"]["schema"]
         assert unavailable["required"] == ["detail", "event_ids"]
         assert "Retry-After" in responses["503"]["headers"]
+    assert set(schema["paths"]["/tracker.js"]["get"]["responses"]) == {"200", "304", "403", "422"}
     readyz = schema["paths"]["/readyz"]["get"]["responses"]
     assert "503" in readyz
     metrics = schema["paths"]["/metrics"]["get"]["responses"]["200"]["content"]

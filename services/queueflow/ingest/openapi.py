@@ -68,6 +68,14 @@ UNAVAILABLE = {
 }
 
 
+IGNORED = {
+    "type": "object",
+    "required": ["status", "reason"],
+    "properties": {"status": {"const": "ignored"}, "reason": {"const": "bot"}},
+    "additionalProperties": False,
+}
+
+
 def event_routes_openapi(app: FastAPI, settings: Settings) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
@@ -116,6 +124,28 @@ def event_routes_openapi(app: FastAPI, settings: Settings) -> None:
                 },
                 settings,
             )
+        }
+        schema["paths"]["/tracker.js"] = {
+            "get": {
+                "summary": "The tracker for web pages",
+                "tags": ["ingest"],
+                "description": (
+                    'README "On a web page". ETag and Cache-Control: public, max-age=3600; '
+                    "304 on If-None-Match; gzip when accepted. No query parameters."
+                ),
+                "responses": {
+                    "200": {
+                        "description": "The script",
+                        "content": {"text/javascript": {"schema": {"type": "string"}}},
+                    },
+                    "304": {"description": "Not modified (If-None-Match names its ETag)"},
+                    "403": {"description": "An Origin not in QUEUEFLOW_CORS_ORIGINS"},
+                    "422": {
+                        "description": "A query parameter (never ignored)",
+                        "content": {"application/json": {"schema": DETAIL}},
+                    },
+                },
+            }
         }
         app.openapi_schema = schema
         return schema
@@ -214,10 +244,19 @@ def _operation(summary: str, body: dict, accepted: dict, settings: Settings) -> 
         ),
         "requestBody": {"required": True, "content": content},
         "responses": {
-            "202": answer("Accepted and enqueued", {"type": "object", **accepted}),
+            "202": answer(
+                "Accepted and enqueued; or, from a known crawler (QUEUEFLOW_DROP_BOTS), ignored: "
+                "valid, counted as dropped, not enqueued",
+                {"oneOf": [{"type": "object", **accepted}, IGNORED]},
+            ),
             "400": answer(
                 "The body is not JSON (or not UTF-8, or nested too deeply), is not valid gzip, "
                 "or the client disconnected before it ended",
+                DETAIL,
+            ),
+            "403": answer(
+                "The Origin header names an origin not in QUEUEFLOW_CORS_ORIGINS; nothing was "
+                "read or enqueued",
                 DETAIL,
             ),
             "413": answer(
