@@ -159,6 +159,11 @@ def test_a_page_on_another_origin_is_counted_exactly(services, settings) -> None
             page.evaluate("queueflow('event', 'signup', {plan: 'pro', seats: 3})")
             page.wait_for_function("window.__sent.length >= 4")
             page.evaluate("window.__resend(3)")  # the same beacon twice: counted once
+            # What ingest would refuse is cut to what it accepts, never lost: nested values
+            # dropped, a long path clipped.
+            page.evaluate("queueflow('event', 'nested', {deep: {a: 1}, ok: 'yes', n: null})")
+            page.evaluate("queueflow('event')")  # no type: nothing to send
+            page.wait_for_function("window.__sent.length >= 5")
             page.reload()  # a second load: the same visitor
             page.wait_for_function("window.__sent.length >= 2")
             assert page.evaluate("localStorage.getItem('queueflow_uid')") == visitor
@@ -183,6 +188,7 @@ def test_a_page_on_another_origin_is_counted_exactly(services, settings) -> None
             ("early", "/", visitor, early),
             ("page_view", "/pricing", visitor, None),
             ("signup", "/pricing", visitor, signup),
+            ("nested", "/pricing", visitor, '{"n": null, "ok": "yes"}'),
             ("page_view", "/pricing", visitor, None),  # the reload
             ("early", "/pricing", visitor, early),
             ("page_view", "/pricing", "customer-42", None),

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -29,6 +30,20 @@ from queueflow.reporting.app import create_app as create_reporting
 from tests.helpers import event, serve, service_env
 
 URL_VARS = ("REDIS_URL", "DATABASE_URL")
+
+
+def dev_ports(workers: int = 1) -> int:
+    """A free port whose next `workers` ports are free too: dev gives its workers the ports
+    after its own, and a worker whose port is taken never consumes."""
+    while True:
+        port = free_port()
+        with contextlib.ExitStack() as held:
+            try:
+                for p in range(port + 1, port + 1 + workers):
+                    held.enter_context(socket.create_server(("127.0.0.1", p)))
+            except OSError:
+                continue
+        return port
 
 
 def start_dev(data_dir: Path, port: int, env: dict[str, str]) -> subprocess.Popen:
@@ -97,7 +112,7 @@ def send_one_and_see_it(port: int) -> None:
 
 
 def test_dev_runs_the_pipeline_keeps_its_data_and_stops_cleanly(tmp_path: Path) -> None:
-    data_dir, port = tmp_path / "data", free_port()
+    data_dir, port = tmp_path / "data", dev_ports()
     proc = start_dev(data_dir, port, {"QUEUEFLOW_WORKERS": "2"})
     try:
         send_one_and_see_it(port)
@@ -109,7 +124,7 @@ def test_dev_runs_the_pipeline_keeps_its_data_and_stops_cleanly(tmp_path: Path) 
     time.sleep(0.5)
     assert processes_mentioning(str(data_dir)) == []  # no orphaned server or worker
 
-    port = free_port()
+    port = dev_ports()
     proc = start_dev(data_dir, port, {})
     try:
         assert total_views(port) == 1  # the numbers survived the restart
@@ -118,7 +133,7 @@ def test_dev_runs_the_pipeline_keeps_its_data_and_stops_cleanly(tmp_path: Path) 
 
 
 def test_dev_uses_the_servers_it_is_given(tmp_path: Path, settings: Settings) -> None:
-    data_dir, port = tmp_path / "data", free_port()
+    data_dir, port = tmp_path / "data", dev_ports()
     env = {**service_env(settings), "QUEUEFLOW_WORKERS": "1"}
     proc = start_dev(data_dir, port, env)
     try:

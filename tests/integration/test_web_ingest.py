@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -20,6 +21,8 @@ from queueflow.core.events import decode_entry
 from queueflow.core.ingest_counts import counts_key
 from queueflow.core.stream import EVENT_FIELD
 from queueflow.core.user_ids import UserIdHasher
+from queueflow.embedded import free_port
+from queueflow.ingest.accounting import MAX_PENDING_KEYS, Accounting
 from queueflow.ingest.app import create_app
 from queueflow.ingest.tracker_js import SCRIPT
 from tests.helpers import Service, event, send, serve, service_env, wait_until_exact, workload
@@ -77,9 +80,13 @@ async def test_preflights_and_origins(web, redis_client, settings) -> None:
         assert refused.status_code == 403
 
     rejected = sample("queueflow_ingest_events_rejected_total", reason="cors")
-    answer = await web.post("/event", json=event(), headers={"origin": "https://evil.example"})
-    assert answer.status_code == 403 and await redis_client.xlen(settings.stream) == 0
-    assert sample("queueflow_ingest_events_rejected_total", reason="cors") == rejected + 1
+    for origins in (["https://evil.example"], ["https://evil.example", PAGE], ["null"]):
+        headers = [("content-type", "application/json")] + [("origin", o) for o in origins]
+        answer = await web.post("/event?x=1", content=json.dumps(event()), headers=headers)
+        assert answer.status_code == 403  # the first Origin decides, before anything else
+        assert "access-control-allow-origin" not in answer.headers  # never told it may read
+    assert await redis_client.xlen(settings.stream) == 0
+    assert sample("queueflow_ingest_events_rejected_total", reason="cors") == rejected + 3
 
     # Every answer to a listed origin says it may read it, a 422 included; a server (no
     # Origin header) is never refused.
@@ -108,14 +115,27 @@ async def test_the_tracker_is_served_cached_and_compressed(web) -> None:
     zipped = await web.get("/tracker.js", headers={"accept-encoding": "gzip, br"})
     assert zipped.headers["content-encoding"] == "gzip" and zipped.content == plain  # decoded
     assert int(zipped.headers["content-length"]) == len(gzip.compress(plain, 9, mtime=0))
+    assert zipped.headers["etag"] != etag  # another representation, another tag
     again = await web.get("/tracker.js", headers={"if-none-match": f'W/"x", {etag}'})
-    assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == etag
+    assert again.status_code == 304 and again.content == b""
+    assert again.headers["etag"] == zipped.headers["etag"]  # what it would have sent
+    assert (await web.get("/tracker.js", headers={"if-none-match": "*"})).status_code == 304
+    two_lines = [("if-none-match", etag), ("if-none-match", '"other"')]
+    assert (await web.get("/tracker.js", headers=two_lines)).status_code == 304
+    refused = await web.get("/tracker.js", headers={"accept-encoding": "gzip;q=0, identity"})
+    assert "content-encoding" not in refused.headers and refused.content == plain
     head = await web.head("/tracker.js")
     assert head.status_code == 200 and head.content == b""
-    assert (await web.post("/tracker.js")).status_code == 405
-    assert (await web.get("/tracker.js?v=2")).status_code == 422  # never ignored
-    cross = await web.get("/tracker.js", headers={"origin": PAGE})
-    assert cross.headers["access-control-allow-origin"] == PAGE
+    for answer, status in (
+        (await web.post("/tracker.js", headers={"origin": PAGE}), 405),
+        (await web.get("/tracker.js?v=2", headers={"origin": PAGE}), 422),  # never ignored
+        (await web.get("/tracker.js", headers={"origin": PAGE}), 200),
+    ):
+        assert answer.status_code == status
+        assert answer.headers["access-control-allow-origin"] == PAGE  # every answer
+    refused = await web.get("/tracker.js", headers={"origin": "https://evil.example"})
+    assert refused.status_code == 403 and "access-control-allow-origin" not in refused.headers
+    assert refused.headers["vary"] == "origin"
 
 
 async def test_known_crawlers_are_answered_and_counted_not_enqueued(
@@ -158,6 +178,8 @@ async def test_each_sites_events_are_accounted(web, redis_client, settings) -> N
     assert await counts(redis_client, settings, "b.example") == {b"accepted": b"1"}
     key = counts_key(settings.stream, datetime.now(UTC).date(), "a.example")
     assert 0 < await redis_client.ttl(key) <= 400 * 86400
+    over = [{"site_id": f"flood-{i}"} for i in range(settings.max_batch_events + 1)]
+    assert (await web.post("/events", json=over)).status_code == 422  # names no site
     bad = [event(site_id="a.example"), event(site_id="a.example", path="nope")]
     assert (await web.post("/events", json=bad)).status_code == 422
     assert (
@@ -168,6 +190,7 @@ async def test_each_sites_events_are_accounted(web, redis_client, settings) -> N
         b"accepted": b"2",
         b"rejected:validation": b"2",  # events, not requests: the whole batch was refused
     }
+    assert await redis_client.keys(f"{{{settings.stream}}}:ingest:*:flood-*") == []
 
 
 def test_the_database_never_holds_a_raw_id_and_uniques_stay_exact(settings) -> None:
@@ -197,3 +220,19 @@ def test_the_database_never_holds_a_raw_id_and_uniques_stay_exact(settings) -> N
     finally:
         for service in services:
             assert service.stop() == 0
+
+
+async def test_drop_and_reject_counts_wait_out_a_redis_outage_within_bounds(
+    redis_client, settings
+) -> None:
+    down = redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5)
+    accounting = Accounting(down, settings.stream)
+    accounting.note("dropped:bot", ["kept.example"] * 3)
+    accounting.note("rejected:validation", (f"invented-{i}" for i in range(5000)))
+    await accounting.flush()  # Redis down: kept, not lost
+    assert len(accounting._pending) == MAX_PENDING_KEYS
+    accounting.client = redis_client
+    await accounting.flush()
+    assert await counts(redis_client, settings, "kept.example") == {b"dropped:bot": b"3"}
+    assert len(await redis_client.keys(f"{{{settings.stream}}}:ingest:*")) == MAX_PENDING_KEYS
+    await down.aclose()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import crawleruseragents
 import pytest
 
-from queueflow.ingest.bots import HTTP_CLIENTS, PATTERNS, is_bot
+from queueflow.ingest.bots import HTTP_CLIENTS, MATCHED_BYTES, PATTERNS, _is_bot, is_bot
 
 CRAWLERS = [
     "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
@@ -71,6 +71,17 @@ def test_every_excluded_pattern_is_still_in_the_list() -> None:
 def test_a_user_agent_is_matched_once_then_remembered() -> None:
     agent = b"Mozilla/5.0 (X11; Linux x86_64) QueueFlowTest/1.0"
     is_bot(agent)
-    before = is_bot.cache_info().hits
+    before = _is_bot.cache_info().hits
     assert is_bot(agent) is False
-    assert is_bot.cache_info().hits == before + 1
+    assert _is_bot.cache_info().hits == before + 1
+
+
+def test_only_the_start_of_a_huge_user_agent_is_matched_and_remembered() -> None:
+    browser = BROWSERS[0].encode()
+    padded = browser + b" x" * 8000  # 16 KB: what the header limit lets through
+    assert is_bot(padded) is False
+    assert is_bot(browser[:100] + b"Googlebot/2.1" + b" x" * 8000)  # named early: found
+    before = _is_bot.cache_info().currsize
+    for n in range(50):  # distinct tails, one remembered prefix
+        is_bot(padded + b"%d" % n)
+    assert _is_bot.cache_info().currsize <= before + 1 and MATCHED_BYTES == 512

@@ -106,8 +106,6 @@ class EventEndpoint:
         await send({"type": "http.response.body", "body": body})
 
     async def handle(self, scope: Scope, receive: Receive) -> tuple[int, bytes, list]:
-        if scope["query_string"]:  # never ignored, as on every route (core/query_params.py)
-            return _reject("validation", 422, QUERY_ERROR)
         content_type = coding = origin = user_agent = None
         declared_length, content_types = None, 0
         for name, value in scope["headers"]:
@@ -122,10 +120,12 @@ class EventEndpoint:
             elif name == b"transfer-encoding" and value.strip().lower() != b"chunked":
                 # The HTTP parser de-chunks; any other coding (gzip, ...) would pass unread.
                 return _reject("media_type", 415, TRANSFER_ERROR)
-            elif name == b"origin":
+            elif name == b"origin" and origin is None:  # the first, as origin_of reads it
                 origin = value
         if origin is not None and not self.cors.any and not self.cors.allows(origin):
             return _reject("cors", 403, "Origin not allowed (QUEUEFLOW_CORS_ORIGINS)")
+        if scope["query_string"]:  # never ignored, as on every route (core/query_params.py)
+            return _reject("validation", 422, QUERY_ERROR)
         if content_types != 1 or not media_type_ok(content_type):
             return _reject("media_type", 415, MEDIA_TYPE_ERROR)
         gzipped = False
@@ -155,7 +155,8 @@ class EventEndpoint:
             return _reject("malformed_json", 400, f"Body is not valid JSON: {exc}")
         except InvalidEvents as exc:
             obs.INGEST_REJECTED.labels("validation").inc()
-            IngestState.of(scope).accounting.note(REJECTED + "validation", readable_sites(raw))
+            sites = readable_sites(raw, self.max_events)
+            IngestState.of(scope).accounting.note(REJECTED + "validation", sites)
             return 422, _encode({"detail": exc.errors}), _JSON_HEADERS
         state = IngestState.of(scope)
         if self.drop_bots and user_agent is not None and is_bot(user_agent):

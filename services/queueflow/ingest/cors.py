@@ -24,10 +24,10 @@ class Cors:
         return self.any or origin is None or origin.lower() in self.origins
 
     def headers(self, origin: bytes | None) -> Headers:
-        """What an answer to a request from `origin` (allowed) carries."""
+        """What an answer to a request from `origin` carries (a refused origin: only Vary)."""
         if self.any:
             return self._any_headers
-        if origin is None:
+        if origin is None or origin.lower() not in self.origins:
             return [(b"vary", b"origin")]
         return [(b"access-control-allow-origin", origin), (b"vary", b"origin")]
 

@@ -19,6 +19,11 @@
   var has = function (name) {
     return script.hasAttribute("data-" + name);
   };
+  // What ingest accepts: never send an event it would refuse (a 422 a beacon cannot see).
+  var clip = function (text, most) {
+    return String(text).slice(0, most);
+  };
+
   var site = attr("site");
   var endpoint = attr("endpoint") || new URL(script.src).origin + "/event";
   var nav = navigator;
@@ -47,7 +52,8 @@
   };
 
   var userId = attr("user-id");
-  if (!userId) {
+  if (userId) userId = clip(userId, 256);
+  else {
     try {
       userId = storage.getItem(KEY);
     } catch (e) {}
@@ -55,21 +61,43 @@
   }
 
   var currentPath = function () {
-    return location.pathname + (has("hash") ? location.hash : "");
+    return clip(location.pathname + (has("hash") ? location.hash : ""), 2048);
+  };
+
+  // The landing page's referrer, without its query or fragment, when another origin.
+  var referrer;
+  try {
+    var from = new URL(doc.referrer);
+    if (from.origin != location.origin) referrer = clip(from.origin + from.pathname, 2048);
+  } catch (e) {}
+
+  // Flat properties only: at most 30, names up to 64, strings up to 512 characters.
+  var flat = function (properties) {
+    var out = {};
+    var count = 0;
+    for (var name in properties) {
+      var value = properties[name];
+      var type = typeof value;
+      if (count < 30 && name.length <= 64 && (value === null || /^(string|number|boolean)$/.test(type))) {
+        out[name] = type == "string" ? clip(value, 512) : value;
+        count++;
+      }
+    }
+    return count ? out : undefined;
   };
 
   var send = function (type, properties) {
-    if (optedOut || !site) return;
+    if (optedOut || !site || !type) return;
     var event = {
       site_id: site,
-      event_type: type,
+      event_type: clip(type, 64),
       path: currentPath(),
       user_id: userId,
       event_id: randomId()
     };
-    var referrer = doc.referrer;
-    if (referrer && new URL(referrer).origin != location.origin) event.referrer = referrer;
-    if (properties) event.properties = properties;
+    if (referrer) event.referrer = referrer;
+    referrer = undefined; // once: the landing page view's
+    if (properties && typeof properties == "object") event.properties = flat(properties);
     var body = JSON.stringify(event);
     // text/plain: a "simple" cross-origin request, no preflight needed.
     if (!(nav.sendBeacon && nav.sendBeacon(endpoint, body))) {
@@ -93,7 +121,7 @@
 
   var api = function (command, a, b) {
     if (command == "event") send(a, b);
-    else if (command == "identify") userId = remember(String(a));
+    else if (command == "identify") userId = remember(clip(a, 256));
     else if (command == "pageview") pageview();
   };
 
