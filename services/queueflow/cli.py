@@ -23,6 +23,7 @@ from queueflow.core.config import (
 )
 from queueflow.core.errors import ConfigError, MigrationError
 from queueflow.core.observability import BUILD_INFO, configure_logging
+from queueflow.core.stats_tokens import all_sites_token
 from queueflow.core.tracing import Tracing, configure_tracing
 from queueflow.runtime import migrate_command, run_async, serve_app
 
@@ -147,7 +148,12 @@ def _run(args: argparse.Namespace, settings: Settings, tracing: Tracing) -> int:
     if args.command == "smoke":
         from queueflow.smoke import smoke
 
-        return smoke(args.ingest_url, args.reporting_url, args.timeout)
+        return smoke(
+            args.ingest_url,
+            args.reporting_url,
+            args.timeout,
+            all_sites_token(settings.stats_tokens),
+        )
     if args.command == "verify":
         from queueflow.operator import verify
 

@@ -16,7 +16,8 @@ import urllib.request
 from datetime import UTC, datetime
 
 
-def smoke(ingest_url: str, reporting_url: str, timeout_s: float) -> int:
+def smoke(ingest_url: str, reporting_url: str, timeout_s: float, token: str | None = None) -> int:
+    """`token`: an all-sites token of QUEUEFLOW_STATS_TOKENS, when reporting needs one."""
     now = datetime.now(UTC)
     site = f"queueflow-smoke-{secrets.token_hex(6)}"
     event = {
@@ -36,7 +37,7 @@ def smoke(ingest_url: str, reporting_url: str, timeout_s: float) -> int:
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            status, stats = _request(stats_url)
+            status, stats = _request(stats_url, token=token)
             if status == 200 and stats["total_views"] == 1:
                 print(f"queueflow smoke: ok, event {reply['event_id']} counted for {site}")
                 return 0
@@ -47,9 +48,12 @@ def smoke(ingest_url: str, reporting_url: str, timeout_s: float) -> int:
         time.sleep(0.5)
 
 
-def _request(url: str, body: dict | None = None) -> tuple[int, dict]:
+def _request(url: str, body: dict | None = None, token: str | None = None) -> tuple[int, dict]:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=data, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, json.loads(response.read())

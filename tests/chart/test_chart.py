@@ -200,7 +200,9 @@ def test_redis_keeps_every_entry_and_postgres_persists(render: Render) -> None:
 
 def test_external_servers_come_from_existing_secrets(render: Render) -> None:
     objects = render(EXTERNAL)
-    assert not find(objects, "StatefulSet") and not find(objects, "Secret")
+    assert not find(objects, "StatefulSet")
+    (secret,) = find(objects, "Secret")  # the generated reporting token only: no URL, no password
+    assert list(secret["stringData"]) == ["stats-tokens"]
     redis = {"name": "analytics-redis", "key": "url"}
     database = {"name": "analytics-db", "key": "url"}
     for deployment in find(objects, "Deployment"):

@@ -146,8 +146,13 @@ def test_rendered_commands_run_and_agree(
         }
         assert httpx.post(f"{ingest}/event", json=event).status_code == 202
         deadline = time.monotonic() + 20
+        (token,) = [v for (_, k), v in secrets.items() if k == "stats-tokens"]
+        bearer = {"authorization": f"Bearer {token}"}
+        assert httpx.get(f"{reporting}/stats", params={"site_id": "x"}).status_code == 401
         while True:
-            stats = httpx.get(f"{reporting}/stats", params={"site_id": f"chart-{tag}"}).json()
+            stats = httpx.get(
+                f"{reporting}/stats", params={"site_id": f"chart-{tag}"}, headers=bearer
+            ).json()
             if stats["total_views"] == 1:
                 break
             assert time.monotonic() < deadline, stats

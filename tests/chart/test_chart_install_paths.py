@@ -593,3 +593,36 @@ def test_only_ingest_holds_the_user_id_key(render: Render) -> None:
         "QUEUEFLOW_USER_ID_KEY" not in env_of(pod_spec(d)["containers"][0])
         for d in find(render(), "Deployment")
     )
+
+
+def test_reporting_is_closed_by_default_with_a_generated_token(render: Render, helm: Path) -> None:
+    objects = render()
+    secret = one(objects, "Secret", f"{RELEASE}-queueflow")
+    assert len(secret["stringData"]["stats-tokens"]) == 40
+    holders = {
+        key(o)
+        for o in objects
+        if o["kind"] in POD_KINDS
+        for c in pod_spec(o)["containers"]
+        if "QUEUEFLOW_STATS_TOKENS" in env_of(c)
+    }
+    assert holders == {
+        ("Deployment", f"{RELEASE}-queueflow-reporting"),
+        ("Pod", f"{RELEASE}-queueflow-smoke-test"),  # helm test reads with it
+    }
+    own = render({"statsTokens": {"existingSecret": "analytics-tokens", "existingSecretKey": "t"}})
+    assert "stats-tokens" not in (
+        find(own, "Secret")[0]["stringData"] if find(own, "Secret") else {}
+    )
+    reporting = env_of(pod_spec(one(own, "Deployment", "-reporting"))["containers"][0])
+    assert reporting["QUEUEFLOW_STATS_TOKENS"]["valueFrom"]["secretKeyRef"] == {
+        "name": "analytics-tokens",
+        "key": "t",
+    }
+    opened = render({"statsTokens": {"generate": False}})
+    reporting = env_of(pod_spec(one(opened, "Deployment", "-reporting"))["containers"][0])
+    assert "QUEUEFLOW_STATS_TOKENS" not in reporting
+    done = run_helm(helm, "install", RELEASE, str(CHART), "--dry-run=client")
+    notes = done.stdout.partition("NOTES:")[2]
+    assert "Authorization: Bearer $TOKEN" in notes and "stats-tokens" in notes
+    assert secret["stringData"]["stats-tokens"] not in notes

@@ -21,6 +21,7 @@ NOT_IN_CHART = {
     "workers": "worker processes `queueflow dev` starts; in a cluster they are worker pods",
     "migrations_dir": "the image's own migrations are the ones its code expects",
     "user_id_key": "a secret: read from userIdKey.existingSecret, and by ingest only",
+    "stats_tokens": "a secret: generated into the chart's Secret (or statsTokens.existingSecret)",
 }
 # In the ConfigMap but not a value: log collectors read JSON lines.
 FIXED_BY_CHART = {"log_format": "json"}

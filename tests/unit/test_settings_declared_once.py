@@ -65,6 +65,8 @@ def other_value(name: str) -> object:
         return f"other-{name}"
     if name == "user_id_key":
         return "a-key-of-sixteen-or-more"
+    if name == "stats_tokens":
+        return "all-sites-token,scoped-token=a.example|b.example"
     if name == "cors_origins":
         return "https://www.example.com,http://localhost:3000"
     if isinstance(field.default, bool):
@@ -134,7 +136,7 @@ def test_the_service_environment_keeps_secrets_out_unless_asked() -> None:
     assert "REDIS_URL" not in env and "pw" not in str(env)
     assert "DATABASE_URL" not in env  # unset: left out, never "None"
     secrets = {n for n in Settings.model_fields if is_secret(n)}
-    assert secrets == {"redis_url", "database_url", "user_id_key"}
+    assert secrets == {"redis_url", "database_url", "user_id_key", "stats_tokens"}
     assert service_environment(settings, only=["stream", "redis_url"], secrets=True) == {
         "QUEUEFLOW_STREAM": "s",
         "REDIS_URL": "redis://:pw@cache:6380/0",

@@ -202,6 +202,9 @@ database's credentials, reporting never Redis's), the settings from the ConfigMa
 {{- if has .component (list "ingest" "worker") }}
 {{- include "queueflow.env.redis" $root }}
 {{- end }}
+{{- if eq .component "reporting" }}
+{{- include "queueflow.env.statsTokens" $root }}
+{{- end }}
 {{- with $root.Values.userIdKey.existingSecret }}
 {{- if eq $.component "ingest" }}
 - name: QUEUEFLOW_USER_ID_KEY
@@ -226,6 +229,18 @@ database's credentials, reporting never Redis's), the settings from the ConfigMa
 {{- end }}
 {{- with $root.Values.extraEnv }}
 {{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* QUEUEFLOW_STATS_TOKENS for reporting and the helm test pod, when tokens are on. */}}
+{{- define "queueflow.env.statsTokens" -}}
+{{- $t := .Values.statsTokens -}}
+{{- if or $t.existingSecret $t.generate }}
+- name: QUEUEFLOW_STATS_TOKENS
+  valueFrom:
+    secretKeyRef:
+      name: {{ $t.existingSecret | default (include "queueflow.fullname" .) }}
+      key: {{ if $t.existingSecret }}{{ $t.existingSecretKey }}{{ else }}stats-tokens{{ end }}
 {{- end }}
 {{- end }}
 
@@ -302,5 +317,5 @@ What the pods' URLs are made of, hashed: a changed external URL or Secret name r
 */}}
 {{- define "queueflow.secretChecksum" -}}
 {{- $v := .Values -}}
-{{- list $v.externalRedis $v.externalDatabase $v.redis.auth $v.redis.enabled $v.postgresql.auth $v.postgresql.enabled | toJson | sha256sum }}
+{{- list $v.externalRedis $v.externalDatabase $v.redis.auth $v.redis.enabled $v.postgresql.auth $v.postgresql.enabled $v.statsTokens | toJson | sha256sum }}
 {{- end }}

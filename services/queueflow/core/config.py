@@ -18,6 +18,7 @@ from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from queueflow.core.errors import ConfigError
+from queueflow.core.stats_tokens import parse_tokens
 
 # The `queueflow` commands (cli.py makes each): those that serve, then the one-shot ones.
 SERVING_COMMANDS = ("dev", "ingest", "reporting", "worker")
@@ -133,6 +134,12 @@ class Settings(BaseSettings):
         repr=False,
         description="a secret: ingest replaces user ids by their HMAC-SHA256 under it",
     )
+    stats_tokens: str | None = Field(
+        None,
+        min_length=1,
+        repr=False,
+        description="a secret: reporting's tokens, TOKEN or TOKEN=SITE|SITE, comma-separated",
+    )
     workers: Annotated[int, Flag("dev")] = Field(
         1, ge=0, le=64, description="worker processes `queueflow dev` starts"
     )
@@ -203,6 +210,13 @@ class Settings(BaseSettings):
         if not origins or ("*" in origins and len(origins) > 1):
             raise ValueError("either * or a list of origins")
         return ",".join(origins)
+
+    @field_validator("stats_tokens")
+    @classmethod
+    def _tokens(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_tokens(value)
+        return value
 
     def redis_dsn(self) -> str:
         if self.redis_url is None:

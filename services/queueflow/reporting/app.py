@@ -7,12 +7,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Annotated, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import asyncpg
 import structlog
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, BaseModel
 from pydantic_core import PydanticCustomError
 
@@ -22,6 +23,7 @@ from queueflow.core.probes import add_probe_routes
 from queueflow.core.query_params import strict_app
 from queueflow.core.store import EventStore, create_pool
 from queueflow.core.tracing import Tracing
+from queueflow.reporting.tokens import Access, StatsTokens
 
 log = structlog.get_logger(__name__)
 
@@ -80,13 +82,31 @@ def get_store(request: Request) -> EventStore:
 
 
 StoreDep = Annotated[EventStore, Depends(get_store)]
+TOKEN_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "No bearer token, or an unknown one (QUEUEFLOW_STATS_TOKENS is set)"},
+    403: {"description": "The token does not cover this site"},
+}
 
 
 def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
     database_url = settings.database_dsn()
 
+    tokens = StatsTokens(settings.stats_tokens)
+    bearer = HTTPBearer(auto_error=False, description="QUEUEFLOW_STATS_TOKENS")
+
+    # Dependencies as defaults, not Annotated aliases: this module's annotations are strings
+    # that FastAPI resolves in the module's globals, where these local objects do not exist.
+    credentials = Depends(bearer)  # its parsing is unused; it puts the scheme in OpenAPI
+
+    def access(request: Request, _: HTTPAuthorizationCredentials | None = credentials) -> Access:
+        return tokens.access(request.headers.get("authorization"))
+
+    authorized = Depends(access)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, ReportingState]]:
+        if tokens.open:
+            log.warning("reporting is open to anyone who can reach it: set QUEUEFLOW_STATS_TOKENS")
         pool = await create_pool(database_url, max_size=settings.db_pool_size)
         try:
             yield {ReportingState.KEY: ReportingState(EventStore(pool, tracing))}
@@ -109,10 +129,20 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
             headers={"Retry-After": "1"},
         )
 
-    @app.get("/stats", tags=["reporting"], summary="A site's totals for one UTC day")
+    @app.get(
+        "/stats",
+        tags=["reporting"],
+        summary="A site's totals for one UTC day",
+        responses=TOKEN_ERRORS,
+    )
     async def stats(
-        store: StoreDep, site_id: SiteIdQuery, date: DateQuery = None, limit: LimitQuery = 10
+        store: StoreDep,
+        site_id: SiteIdQuery,
+        date: DateQuery = None,
+        limit: LimitQuery = 10,
+        allowed: Access = authorized,
     ) -> DailyStatsResponse:
+        allowed.site(site_id)
         day = date or datetime.now(UTC).date()
         found = await store.daily_stats(site_id, day, limit)
         return DailyStatsResponse(
