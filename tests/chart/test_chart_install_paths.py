@@ -167,7 +167,7 @@ def test_migrations_before_install_with_a_managed_database_and_after_with_the_bu
 def test_each_service_gets_only_the_urls_it_uses(render: Render) -> None:
     wanted = {
         "ingest": {"REDIS_URL"},
-        "reporting": {"DATABASE_URL"},
+        "reporting": {"DATABASE_URL", "REDIS_URL"},  # Redis for freshness only
         "worker": {"REDIS_URL", "DATABASE_URL"},
     }
     for name in ("defaults", "external-existing-secrets", "external-urls"):
@@ -192,7 +192,11 @@ def test_bundled_servers_admit_only_the_components_that_use_them(render: Render)
     assert admitted(objects, "postgresql") == [
         component(c) for c in ("worker", "reporting", "migrate")
     ]
-    assert admitted(objects, "redis") == [component("ingest"), component("worker")]
+    assert admitted(objects, "redis") == [
+        component("ingest"),
+        component("worker"),
+        component("reporting"),
+    ]
     keda = render(SCENARIOS["keda"])
     operator = SCENARIOS["keda"].get("networkPolicy", {}).get("keda", {}).get("from")
     expected_operator = operator or [
@@ -201,7 +205,12 @@ def test_bundled_servers_admit_only_the_components_that_use_them(render: Render)
             "podSelector": {"matchLabels": {"app.kubernetes.io/name": "keda-operator"}},
         }
     ]
-    assert admitted(keda, "redis") == [component("ingest"), component("worker"), *expected_operator]
+    assert admitted(keda, "redis") == [
+        component("ingest"),
+        component("worker"),
+        component("reporting"),
+        *expected_operator,
+    ]
     assert "from" not in one(objects, "NetworkPolicy", "-ingest")["spec"]["ingress"][0]
 
 
@@ -218,7 +227,7 @@ def test_egress_rules_for_default_deny_namespaces(render: Render) -> None:
         }
     assert ports == {
         "ingest": {6380},
-        "reporting": {5432},
+        "reporting": {5432, 6380},
         "worker": {6380, 5432},
         "migrate": {5432},
         "smoke-test": {"http"},

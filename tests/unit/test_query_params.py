@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from queueflow.core.config import load_settings
 from queueflow.core.query_params import CONTROL_CHARACTERS, declared_query
 from queueflow.reporting.app import MAX_SITE_ID_BYTES, ReportingState, create_app
+from queueflow.reporting.freshness import Watermark
 
 CONTROL = [chr(c) for c in [*range(0x00, 0x20), *range(0x7F, 0xA0)]]
 
@@ -51,7 +52,8 @@ class Client:
 
     def __init__(self, app: FastAPI) -> None:
         async def with_store(scope, receive, send) -> None:
-            scope["state"] = {ReportingState.KEY: ReportingState(Store())}
+            unknown = Watermark(None, timeout_s=1)  # no Redis: freshness unknown
+            scope["state"] = {ReportingState.KEY: ReportingState(Store(), unknown)}
             await app(scope, receive, send)
 
         transport = httpx.ASGITransport(with_store, raise_app_exceptions=False)

@@ -195,11 +195,12 @@ Secret instead (the migration Job's own credentials).
 
 {{/*
 The environment of one QueueFlow service: only the URLs it uses (ingest never holds the
-database's credentials, reporting never Redis's), the settings from the ConfigMap, extraEnv.
+database's credentials; reporting reads Redis only for its answers' freshness), the settings
+from the ConfigMap, extraEnv.
 */}}
 {{- define "queueflow.env" -}}
 {{- $root := .root -}}
-{{- if has .component (list "ingest" "worker") }}
+{{- if has .component (list "ingest" "worker" "reporting") }}
 {{- include "queueflow.env.redis" $root }}
 {{- end }}
 {{- if eq .component "reporting" }}

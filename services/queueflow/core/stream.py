@@ -258,6 +258,21 @@ class EventStream:
         stats = await self.stats()
         return stats.lag + stats.pending
 
+    async def watermark(self) -> tuple[int | None, int]:
+        """(Redis time in ms of the oldest entry the group has not processed, or None when it
+        has processed all; how many it has not): every entry older than that time is
+        committed. Reporting's freshness."""
+        stats = await self.stats()
+        unprocessed = stats.lag + stats.pending
+        oldest = [] if stats.oldest_pending_ms is None else [stats.oldest_pending_ms]
+        if stats.lag:  # the first entry after the group's last delivered one
+            groups = _ok(await self.client.xinfo_groups(self.name), [])
+            group = next((g for g in groups if g["name"].decode() == self.group), None)
+            after = b"(" + group["last-delivered-id"] if group else b"-"
+            first = await self.client.xrange(self.name, min=after, max="+", count=1)
+            oldest += [parse_id(entry[0])[0] for entry in first or [] if entry[0] is not None]
+        return (min(oldest) if oldest else None) if unprocessed else None, unprocessed
+
     async def trim_processed(self) -> int:
         """XTRIM MINID below the oldest entry any group still needs (pending or undelivered).
         Never MAXLEN, which would drop unprocessed work. Returns how many entries went."""

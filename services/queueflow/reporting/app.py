@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any, ClassVar
 
 import asyncpg
@@ -14,7 +14,7 @@ import structlog
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import AfterValidator, BaseModel
+from pydantic import AfterValidator, BaseModel, Field
 from pydantic_core import PydanticCustomError
 
 from queueflow import __version__
@@ -22,7 +22,9 @@ from queueflow.core.config import Settings
 from queueflow.core.probes import add_probe_routes
 from queueflow.core.query_params import strict_app
 from queueflow.core.store import EventStore, create_pool
+from queueflow.core.stream import EventStream, connect
 from queueflow.core.tracing import Tracing
+from queueflow.reporting.freshness import Watermark
 from queueflow.reporting.tokens import Access, StatsTokens
 
 log = structlog.get_logger(__name__)
@@ -33,7 +35,21 @@ class PathViews(BaseModel):
     views: int
 
 
-class DailyStatsResponse(BaseModel):
+class FreshAnswer(BaseModel):
+    """What every stats answer says of its own freshness (README "Freshness")."""
+
+    as_of: datetime | None = Field(
+        description="Every event ingest accepted before this instant (UTC) is counted; null "
+        "when Redis cannot be read"
+    )
+    lag_entries: int | None = Field(
+        description="Events accepted and not yet committed, all sites together; null when "
+        "Redis cannot be read"
+    )
+    complete: bool = Field(description="The answer's period ended before as_of")
+
+
+class DailyStatsResponse(FreshAnswer):
     site_id: str
     date: date
     total_views: int
@@ -69,6 +85,7 @@ class ReportingState:
     dev` can merge it with ingest's)."""
 
     store: EventStore
+    watermark: Watermark
 
     KEY: ClassVar[str] = "reporting"
 
@@ -108,10 +125,20 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
         if tokens.open:
             log.warning("reporting is open to anyone who can reach it: set QUEUEFLOW_STATS_TOKENS")
         pool = await create_pool(database_url, max_size=settings.db_pool_size)
+        # Redis is read for freshness only; without it the answers say they do not know.
+        client = (
+            None
+            if settings.redis_url is None
+            else connect(settings.redis_dsn(), timeout_s=settings.redis_timeout_s)
+        )
+        stream = None if client is None else EventStream(client, settings)
+        watermark = Watermark(stream, settings.redis_timeout_s)
         try:
-            yield {ReportingState.KEY: ReportingState(EventStore(pool, tracing))}
+            yield {ReportingState.KEY: ReportingState(EventStore(pool, tracing), watermark)}
         finally:
             await pool.close()
+            if client is not None:
+                await client.aclose()
 
     app = strict_app(title="QueueFlow reporting", version=__version__, lifespan=lifespan)
 
@@ -136,6 +163,7 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
         responses=TOKEN_ERRORS,
     )
     async def stats(
+        request: Request,
         store: StoreDep,
         site_id: SiteIdQuery,
         date: DateQuery = None,
@@ -144,8 +172,13 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
     ) -> DailyStatsResponse:
         allowed.site(site_id)
         day = date or datetime.now(UTC).date()
+        fresh = await ReportingState.of(request).watermark.read()  # before the counts: as_of holds
         found = await store.daily_stats(site_id, day, limit)
+        period_end = datetime.combine(day + timedelta(days=1), time.min, UTC)
         return DailyStatsResponse(
+            as_of=fresh.as_of,
+            lag_entries=fresh.lag_entries,
+            complete=fresh.complete(period_end),
             site_id=site_id,
             date=day,
             total_views=found.total_views,

@@ -1,0 +1,68 @@
+"""How fresh an answer is (README "Reporting API", "Freshness"): `as_of`, the instant before
+which every event ingest accepted is counted (the Redis time of the oldest entry the workers
+have not committed, or the time of reading when they have committed all), and `lag_entries`,
+the entries accepted and not yet committed, for all sites together.
+
+Read from Redis at most once a second per process, never per request. With Redis
+unreachable (or not configured), answers still come, with as_of and lag_entries null.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import structlog
+from redis.exceptions import RedisError
+
+from queueflow.core.stream import EventStream
+
+log = structlog.get_logger(__name__)
+CACHE_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Freshness:
+    as_of: datetime | None
+    lag_entries: int | None
+
+    def complete(self, period_end: datetime) -> bool:
+        """Whether every event accepted before `period_end` is counted."""
+        return self.as_of is not None and period_end <= self.as_of
+
+
+UNKNOWN = Freshness(None, None)
+
+
+class Watermark:
+    def __init__(self, stream: EventStream | None, timeout_s: float) -> None:
+        self.stream = stream
+        self.timeout_s = timeout_s
+        self._read_at = float("-inf")
+        self._last = UNKNOWN
+        self._lock = asyncio.Lock()
+
+    async def read(self) -> Freshness:
+        if self.stream is None:
+            return UNKNOWN
+        if time.monotonic() - self._read_at < CACHE_S:
+            return self._last
+        async with self._lock:  # one read for the requests that arrive meanwhile
+            if time.monotonic() - self._read_at >= CACHE_S:
+                self._last = await self._fetch(self.stream)
+                self._read_at = time.monotonic()
+        return self._last
+
+    async def _fetch(self, stream: EventStream) -> Freshness:
+        now = datetime.now(UTC)
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                oldest_ms, unprocessed = await stream.watermark()
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("freshness unknown: Redis unavailable", error=repr(exc))
+            return UNKNOWN
+        if oldest_ms is None:
+            return Freshness(now, unprocessed)
+        return Freshness(min(now, datetime.fromtimestamp(oldest_ms / 1000, UTC)), unprocessed)
