@@ -43,6 +43,7 @@ class Watermark:
         self._read_at = float("-inf")
         self._last = UNKNOWN
         self._lock = asyncio.Lock()
+        self._down = False  # said once per outage, not once a second
 
     async def read(self) -> Freshness:
         if self.stream is None:
@@ -61,8 +62,13 @@ class Watermark:
             async with asyncio.timeout(self.timeout_s):
                 oldest_ms, unprocessed = await stream.watermark()
         except (RedisError, OSError, TimeoutError) as exc:
-            log.warning("freshness unknown: Redis unavailable", error=repr(exc))
+            if not self._down:
+                log.warning("freshness unknown until Redis answers", error=repr(exc))
+            self._down = True
             return UNKNOWN
+        if self._down:
+            log.info("freshness known again: Redis answers")
+        self._down = False
         if oldest_ms is None:
             return Freshness(now, unprocessed)
         return Freshness(min(now, datetime.fromtimestamp(oldest_ms / 1000, UTC)), unprocessed)
