@@ -59,5 +59,7 @@ def test_without_redis_the_answer_comes_and_says_it_cannot_tell(settings: Settin
         answer = stats(reporting)
         assert answer["as_of"] is None and answer["lag_entries"] is None
         assert answer["complete"] is False and answer["total_views"] == 0
+        counts = httpx.get(f"{reporting.url}/stats/ingest", params={"site_id": "s"})
+        assert counts.status_code == 503  # they live in Redis only: said, never zeros
     finally:
         assert reporting.stop() == 0

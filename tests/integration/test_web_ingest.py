@@ -25,6 +25,7 @@ from queueflow.embedded import free_port
 from queueflow.ingest.accounting import MAX_PENDING_KEYS, Accounting
 from queueflow.ingest.app import create_app
 from queueflow.ingest.tracker_js import SCRIPT
+from queueflow.reporting.app import create_app as create_reporting
 from tests.helpers import Service, event, send, serve, service_env, wait_until_exact, workload
 
 GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
@@ -236,3 +237,42 @@ async def test_drop_and_reject_counts_wait_out_a_redis_outage_within_bounds(
     assert await counts(redis_client, settings, "kept.example") == {b"dropped:bot": b"3"}
     assert len(await redis_client.keys(f"{{{settings.stream}}}:ingest:*")) == MAX_PENDING_KEYS
     await down.aclose()
+
+
+async def test_reporting_tells_what_ingest_did_with_a_sites_events(settings) -> None:
+    locked = settings.model_copy(update={"stats_tokens": "all-token,shop-token=shop.example"})
+    bearer = {"authorization": "Bearer all-token"}
+    async with serve(create_app(settings)) as ingest, serve(create_reporting(locked)) as reporting:
+        good = [event(site_id="shop.example", user_id=f"u{i}") for i in range(3)]
+        assert (await ingest.post("/events", json=good)).status_code == 202
+        await ingest.post(
+            "/event", json=event(site_id="shop.example"), headers={"user-agent": GOOGLEBOT}
+        )
+        await ingest.post("/events", json=[event(site_id="shop.example", path="nope")] * 2)
+        await asyncio.sleep(1.3)  # drops and rejections: written with the next flush
+        answer = await reporting.get(
+            "/stats/ingest", params={"site_id": "shop.example"}, headers=bearer
+        )
+        assert answer.status_code == 200
+        body = answer.json()
+        assert (body["accepted"], body["dropped"], body["rejected"]) == (
+            3,
+            {"bot": 1},
+            {"validation": 2},
+        )
+        assert body["date"] == datetime.now(UTC).date().isoformat() and body["lag_entries"] == 3
+        empty = await reporting.get(
+            "/stats/ingest", params={"site_id": "none.example"}, headers=bearer
+        )
+        assert empty.json()["accepted"] == 0 and empty.json()["dropped"] == {"bot": 0}
+        scoped = {"authorization": "Bearer shop-token"}
+        other = await reporting.get(
+            "/stats/ingest", params={"site_id": "x.example"}, headers=scoped
+        )
+        assert other.status_code == 403
+        assert (
+            await reporting.get("/stats/ingest", params={"site_id": "shop.example"})
+        ).status_code == 401
+        assert (
+            await reporting.get("/stats/ingest", params={"site_id": "s", "x": "1"}, headers=bearer)
+        ).status_code == 422

@@ -53,7 +53,7 @@ class Client:
     def __init__(self, app: FastAPI) -> None:
         async def with_store(scope, receive, send) -> None:
             unknown = Watermark(None, timeout_s=1)  # no Redis: freshness unknown
-            scope["state"] = {ReportingState.KEY: ReportingState(Store(), unknown)}
+            scope["state"] = {ReportingState.KEY: ReportingState(Store(), unknown, None)}
             await app(scope, receive, send)
 
         transport = httpx.ASGITransport(with_store, raise_app_exceptions=False)

@@ -3,6 +3,7 @@ Query strings are read exactly (core/query_params.py)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -11,14 +12,16 @@ from typing import Annotated, Any, ClassVar
 
 import asyncpg
 import structlog
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, BaseModel, Field
 from pydantic_core import PydanticCustomError
+from redis.exceptions import RedisError
 
 from queueflow import __version__
 from queueflow.core.config import Settings
+from queueflow.core.ingest_counts import day_counts
 from queueflow.core.probes import add_probe_routes
 from queueflow.core.query_params import strict_app
 from queueflow.core.store import EventStore, create_pool
@@ -47,6 +50,16 @@ class FreshAnswer(BaseModel):
         "Redis cannot be read"
     )
     complete: bool = Field(description="The answer's period ended before as_of")
+
+
+class IngestStatsResponse(FreshAnswer):
+    site_id: str
+    date: date
+    accepted: int = Field(description="Events accepted and enqueued")
+    dropped: dict[str, int] = Field(description="Valid events not enqueued, by reason (bot)")
+    rejected: dict[str, int] = Field(
+        description="Events refused, by reason (validation), where their site_id could be read"
+    )
 
 
 class DailyStatsResponse(FreshAnswer):
@@ -86,6 +99,7 @@ class ReportingState:
 
     store: EventStore
     watermark: Watermark
+    stream: EventStream | None  # None without REDIS_URL
 
     KEY: ClassVar[str] = "reporting"
 
@@ -134,7 +148,8 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
         stream = None if client is None else EventStream(client, settings)
         watermark = Watermark(stream, settings.redis_timeout_s)
         try:
-            yield {ReportingState.KEY: ReportingState(EventStore(pool, tracing), watermark)}
+            state = ReportingState(EventStore(pool, tracing), watermark, stream)
+            yield {ReportingState.KEY: state}
         finally:
             await pool.close()
             if client is not None:
@@ -184,6 +199,44 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
             total_views=found.total_views,
             unique_users=found.unique_users,
             top_paths=[PathViews(path=p, views=v) for p, v in found.top_paths],
+        )
+
+    @app.get(
+        "/stats/ingest",
+        tags=["reporting"],
+        summary="What ingest did with a site's events on one UTC day",
+        responses={**TOKEN_ERRORS, 503: {"description": "Redis, which holds them, unavailable"}},
+    )
+    async def ingest_stats(
+        request: Request,
+        site_id: SiteIdQuery,
+        date: DateQuery = None,
+        allowed: Access = authorized,
+    ) -> IngestStatsResponse:
+        """Events counted by ingest on the UTC day it saw them: accepted, dropped (bots) and
+        rejected (invalid, where a site_id could be read); kept 400 days, in Redis."""
+        allowed.site(site_id)
+        day = date or datetime.now(UTC).date()
+        state = ReportingState.of(request)
+        if state.stream is None:
+            raise HTTPException(503, detail="REDIS_URL is not set for reporting")
+        fresh = await state.watermark.read()
+        try:
+            async with asyncio.timeout(settings.redis_timeout_s):
+                counts = await day_counts(state.stream.client, settings.stream, day, site_id)
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("ingest counts unavailable", error=repr(exc))
+            raise HTTPException(503, detail="Redis unavailable, retry later") from None
+        period_end = datetime.combine(day + timedelta(days=1), time.min, UTC)
+        return IngestStatsResponse(
+            as_of=fresh.as_of,
+            lag_entries=fresh.lag_entries,
+            complete=fresh.complete(period_end),
+            site_id=site_id,
+            date=day,
+            accepted=counts.accepted,
+            dropped={"bot": 0, **counts.dropped},
+            rejected={"validation": 0, **counts.rejected},
         )
 
     async def database_check(request: Request) -> None:
