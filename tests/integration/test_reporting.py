@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
-from urllib.parse import quote, quote_from_bytes
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -18,6 +18,7 @@ from queueflow.core.events import Event, encode_event
 from queueflow.core.store import EventStore, create_pool, stored_event
 from queueflow.reporting.app import create_app
 from tests.helpers import Service, serve, service_env
+from tests.query_strings import query_strings
 
 
 @pytest.fixture
@@ -165,16 +166,7 @@ VALUES = st.one_of(
 )
 
 
-def _encode(part: str | bytes, raw: bool) -> str:
-    if isinstance(part, bytes):
-        return quote_from_bytes(part, safe="")
-    return quote(part, safe="&=+%;" if raw else "")
-
-
-QUERIES = st.lists(
-    st.tuples(KEYS | st.binary(max_size=8), VALUES | st.binary(max_size=300), st.booleans()),
-    max_size=6,
-).map(lambda pairs: "&".join(f"{_encode(k, r)}={_encode(v, r)}" for k, v, r in pairs))
+QUERIES = query_strings(KEYS, VALUES)
 
 
 @hypothesis_settings(

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from datetime import date
 from types import SimpleNamespace
 from typing import Annotated, Any
-from urllib.parse import quote, quote_from_bytes
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -23,6 +23,7 @@ from queueflow.core.config import load_settings
 from queueflow.core.query_params import CONTROL_CHARACTERS, declared_query
 from queueflow.reporting.app import MAX_SITE_ID_BYTES, ReportingState, create_app
 from queueflow.reporting.freshness import Watermark
+from tests.query_strings import query_strings
 
 CONTROL = [chr(c) for c in [*range(0x00, 0x20), *range(0x7F, 0xA0)]]
 
@@ -239,17 +240,7 @@ VALUES = st.one_of(
 )
 
 
-def encode(part: str | bytes, raw: bool) -> str:
-    """Percent-encoded, or (raw) as typed, with `&`, `=`, `+`, `%` and `;` left for the parser."""
-    if isinstance(part, bytes):
-        return quote_from_bytes(part, safe="")
-    return quote(part, safe="&=+%;" if raw else "")
-
-
-QUERIES = st.lists(
-    st.tuples(KEYS | st.binary(max_size=8), VALUES | st.binary(max_size=300), st.booleans()),
-    max_size=6,
-).map(lambda pairs: "&".join(f"{encode(k, r)}={encode(v, r)}" for k, v, r in pairs))
+QUERIES = query_strings(KEYS, VALUES)
 
 
 @settings(max_examples=1500, deadline=None)

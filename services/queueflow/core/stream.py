@@ -124,9 +124,10 @@ class EventStream:
             for payloads, traceparent, _ in group
             for payload in payloads
         ]
-        sites = [site for _, _, request_sites in group for site in request_sites]
-        if self.count is not None and sites:  # one command per site for the round trip
-            commands.extend(self.count(sites))
+        # One counting command per site for the whole round trip, gathered only when counted.
+        count = self.count
+        if count is not None and (sites := [s for _, _, group_sites in group for s in group_sites]):
+            commands.extend(count(sites))
         try:
             if len(commands) == 1:
                 await wire.call(self.client, commands[0])

@@ -36,23 +36,22 @@ class Accounting:
         self.flush_s = flush_s
         self._pending: Counter[tuple[bytes, bytes]] = Counter()  # (key, field) -> events
         self._day = -1  # the UTC day number the keys below are for
-        self._keys: dict[str, bytes] = {}  # site -> today's key
-        self._increment: dict[bytes, bytes] = {}  # key -> HINCRBY key accepted, packed ahead
+        # site -> today's key, and its HINCRBY key accepted, packed ahead
+        self._keys: dict[str, tuple[bytes, bytes]] = {}
         self._expiring: set[bytes] = set()  # keys this process gave their expiry today
 
-    def _key(self, site_id: str) -> bytes:
+    def _key(self, site_id: str) -> tuple[bytes, bytes]:
+        """Today's key of the site, and its packed HINCRBY template."""
         day = int(time.time() // 86_400)  # the UTC day number: cheaper than a date per event
         if day != self._day:
-            self._day, self._keys, self._increment, self._expiring = day, {}, {}, set()
-        key = self._keys.get(site_id)
-        if key is None:
+            self._day, self._keys, self._expiring = day, {}, set()
+        found = self._keys.get(site_id)
+        if found is None:
             if len(self._keys) > 100_000:  # bounded: a flood of invented sites
                 self._keys.clear()
-                self._increment.clear()
-            today = date.fromordinal(_EPOCH_ORDINAL + day)
-            key = self._keys[site_id] = counts_key(self.stream, today, site_id)
-            self._increment[key] = wire.command_template(b"HINCRBY", key, ACCEPTED)
-        return key
+            key = counts_key(self.stream, date.fromordinal(_EPOCH_ORDINAL + day), site_id)
+            found = self._keys[site_id] = (key, wire.command_template(b"HINCRBY", key, ACCEPTED))
+        return found
 
     def accepted(self, site_ids: list[str]) -> list[bytes]:
         """Commands counting these accepted events (one append's, of every request in it) for
@@ -65,9 +64,9 @@ class Accounting:
             by_site = Counter(site_ids).items()
         commands = []
         for site_id, n in by_site:
-            key = self._key(site_id)
+            key, increment = self._key(site_id)
             count = b"%d" % n
-            commands.append(self._increment[key] % (len(count), count))
+            commands.append(increment % (len(count), count))
             if key not in self._expiring:
                 self._expiring.add(key)
                 commands.append(wire.command(b"EXPIRE", key, _TTL))
@@ -83,7 +82,7 @@ class Accounting:
         name = field.encode()
         pending = self._pending
         for site_id in site_ids:
-            entry = (self._key(site_id), name)
+            entry = (self._key(site_id)[0], name)
             if entry in pending or len(pending) < MAX_PENDING_KEYS:
                 pending[entry] += 1
 

@@ -90,7 +90,6 @@ class EventEndpoint:
         self.batch = batch
         self.tracing = tracing
         self.cors = cors
-        self.cors_any = cors.headers(None) if cors.any else None  # the same for every answer
         self.max_body = settings.max_body_bytes
         self.max_events = settings.max_batch_events
         self.window = EventWindow(settings.max_event_age_days)
@@ -100,8 +99,7 @@ class EventEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         status, body, headers = await self.handle(scope, receive)
         # Always a Content-Length: an HTTP/1.0 client cannot read a chunked answer.
-        cors = self.cors_any or self.cors.headers(origin_of(scope))
-        headers = [*headers, *cors, (b"content-length", b"%d" % len(body))]
+        headers = [*headers, *self.cors.headers_for(scope), (b"content-length", b"%d" % len(body))]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
@@ -173,26 +171,14 @@ class EventEndpoint:
         # A 503 names the ids the events carry: after a Redis timeout they may be in the
         # stream yet, and a client that retries with them is still counted once.
         if state.backlog.over:  # checked after validation: bad input gets its 4xx
-            return _reject(
-                "backpressure",
-                503,
-                "Workers are behind, retry later",
-                extra_headers=[(b"retry-after", b"5")],
-                event_ids=ids,
-            )
+            return _retry_later("backpressure", "Workers are behind", b"5", ids)
         try:
             await self._append(
                 state.stream, [encode_event(e) for e in events], [e.site_id for e in events]
             )
         except StreamUnavailable:
             state.accounting.append_failed()
-            return _reject(
-                "redis_unavailable",
-                503,
-                "Event queue unavailable, retry later",
-                extra_headers=[(b"retry-after", b"1")],
-                event_ids=ids,
-            )
+            return _retry_later("redis_unavailable", "Event queue unavailable", b"1", ids)
         obs.INGEST_ACCEPTED.inc(len(events))
         if self.batch:
             obs.INGEST_BATCH_EVENTS.observe(len(events))
@@ -236,6 +222,12 @@ def _reject(
     if event_ids is not None:
         body["event_ids"] = event_ids
     return status, _encode(body), _JSON_HEADERS + (extra_headers or [])
+
+
+def _retry_later(reason: str, why: str, seconds: bytes, event_ids: list[str]) -> tuple:
+    """A 503 with Retry-After, naming the events' ids (retried with them, counted once)."""
+    retry = [(b"retry-after", seconds)]
+    return _reject(reason, 503, f"{why}, retry later", extra_headers=retry, event_ids=event_ids)
 
 
 _NOT_ALLOWED = b'{"detail":"Method Not Allowed"}'

@@ -31,6 +31,10 @@ class Cors:
             return [(b"vary", b"origin")]
         return [(b"access-control-allow-origin", origin), (b"vary", b"origin")]
 
+    def headers_for(self, scope: Scope) -> Headers:
+        """headers() for a request; with any origin allowed, without reading its headers."""
+        return self._any_headers if self.any else self.headers(origin_of(scope))
+
     def preflight(self, origin: bytes | None, methods: bytes) -> tuple[int, Headers]:
         """The answer to an OPTIONS preflight: 204 with what may be sent, or 403."""
         if not self.allows(origin):

@@ -43,7 +43,7 @@ class TrackerScript:
         if scope["method"] == "OPTIONS":
             status, headers = self.cors.preflight(origin, METHODS)
             return status, b"", [*headers, (b"content-length", b"0")]
-        cors = self.cors.headers(origin)
+        cors = self.cors.headers_for(scope)
         if not self.cors.allows(origin):
             return 403, b"", [*cors, (b"content-length", b"0")]
         if scope["query_string"]:  # never ignored, as on every route (core/query_params.py)

@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime
 from typing import Annotated, Any, ClassVar
 
 import asyncpg
@@ -189,11 +189,8 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
         day = date or datetime.now(UTC).date()
         fresh = await ReportingState.of(request).watermark.read()  # before the counts: as_of holds
         found = await store.daily_stats(site_id, day, limit)
-        period_end = datetime.combine(day + timedelta(days=1), time.min, UTC)
         return DailyStatsResponse(
-            as_of=fresh.as_of,
-            lag_entries=fresh.lag_entries,
-            complete=fresh.complete(period_end),
+            **fresh.fields(day),
             site_id=site_id,
             date=day,
             total_views=found.total_views,
@@ -227,11 +224,8 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("ingest counts unavailable", error=repr(exc))
             raise HTTPException(503, detail="Redis unavailable, retry later") from None
-        period_end = datetime.combine(day + timedelta(days=1), time.min, UTC)
         return IngestStatsResponse(
-            as_of=fresh.as_of,
-            lag_entries=fresh.lag_entries,
-            complete=fresh.complete(period_end),
+            **fresh.fields(day),
             site_id=site_id,
             date=day,
             accepted=counts.accepted,

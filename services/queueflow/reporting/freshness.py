@@ -10,9 +10,10 @@ unreachable (or not configured), answers still come, with as_of and lag_entries 
 from __future__ import annotations
 
 import asyncio
-import time
+import time as clock
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 
 import structlog
 from redis.exceptions import RedisError
@@ -28,9 +29,11 @@ class Freshness:
     as_of: datetime | None
     lag_entries: int | None
 
-    def complete(self, period_end: datetime) -> bool:
-        """Whether every event accepted before `period_end` is counted."""
-        return self.as_of is not None and period_end <= self.as_of
+    def fields(self, day: date) -> dict[str, Any]:
+        """as_of, lag_entries and complete for an answer about the UTC day `day`."""
+        period_end = datetime.combine(day + timedelta(days=1), time.min, UTC)
+        complete = self.as_of is not None and period_end <= self.as_of
+        return {"as_of": self.as_of, "lag_entries": self.lag_entries, "complete": complete}
 
 
 UNKNOWN = Freshness(None, None)
@@ -48,12 +51,12 @@ class Watermark:
     async def read(self) -> Freshness:
         if self.stream is None:
             return UNKNOWN
-        if time.monotonic() - self._read_at < CACHE_S:
+        if clock.monotonic() - self._read_at < CACHE_S:
             return self._last
         async with self._lock:  # one read for the requests that arrive meanwhile
-            if time.monotonic() - self._read_at >= CACHE_S:
+            if clock.monotonic() - self._read_at >= CACHE_S:
                 self._last = await self._fetch(self.stream)
-                self._read_at = time.monotonic()
+                self._read_at = clock.monotonic()
         return self._last
 
     async def _fetch(self, stream: EventStream) -> Freshness:
