@@ -24,7 +24,10 @@ from queueflow.core.stream import EventStream, StreamStats, connect
 from queueflow.embedded import EmbeddedServer
 
 STREAM, GROUP = "bench_events", "bench_workers"
-TABLES = "events, daily_site_stats, daily_site_path_counts, daily_site_users"
+TABLES = (
+    "events, daily_site_stats, hourly_site_stats, daily_value_counts, daily_user_bits, "
+    "hourly_user_bits, daily_value_user_bits, sites, site_users"
+)
 # What every service the bench starts runs with, beside the servers' URLs.
 SETTINGS: dict[str, Any] = {
     "stream": STREAM,

@@ -164,6 +164,27 @@ def table(r: dict) -> str:
                 f"stream max {s['stream_length']['max']:,}",
             )
         )
+    if r.get("reporting"):
+        rep = r["reporting"]
+        rows.append(
+            (
+                f"reporting data: {rep['events']:,} events, built in (s)",
+                ", ".join(f"{k} {v}" for k, v in rep["build_s"].items()),
+            )
+        )
+        rows += [
+            (
+                f"GET {route} (p50/p99 ms)",
+                ", ".join(f"{site} {f['p50']}/{f['p99']}" for site, f in sites.items()),
+            )
+            for route, sites in rep["latency_ms"].items()
+        ]
+        rows.append(
+            (
+                "storage per million events (MB)",
+                ", ".join(f"{k} {v}" for k, v in rep["storage_mb_per_million_events"].items()),
+            )
+        )
     rows += [(f"ratio {k}", "-" if v is None else f"{v}") for k, v in r["ratios"].items()]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import drain, freshness, ingest, instrumentation, limits, soak
+from bench import drain, freshness, ingest, instrumentation, limits, reporting, soak
 from bench.context import Bench
 from bench.figures import Result
 from bench.report import check_smoke, ratios, table
@@ -49,6 +49,7 @@ STEPS = {
     "drain": Step(drain.run, drain.DrainResult),
     "freshness": Step(freshness.run, freshness.FreshnessResult, needs=("ingest", "drain")),
     "soak": Step(soak.run, soak.SoakResult, needs=("ingest", "drain")),
+    "reporting": Step(reporting.run, reporting.ReportingResult),
     "memory": Step(soak.memory, soak.MemoryResult),
 }
 
@@ -59,6 +60,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=6, help="seconds per load run")
     parser.add_argument("--backlog", type=int, default=200_000, help="events preloaded to drain")
     parser.add_argument("--soak", type=int, default=300, help="soak seconds (0: none)")
+    parser.add_argument(
+        "--reporting-days", type=int, default=31, help="days of data the reporting step builds"
+    )
+    parser.add_argument(
+        "--reporting-events", type=int, default=1_000_000, help="events a day in that data"
+    )
+    parser.add_argument(
+        "--reporting-requests", type=int, default=100, help="requests per route and site"
+    )
     parser.add_argument("--smoke", action="store_true", help="quick ratio check, ~1 minute")
     parser.add_argument(
         "--only",
@@ -75,6 +85,7 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.smoke:
         args.runs, args.duration, args.backlog, args.soak = 1, 3, 40_000, 0
+        args.reporting_days, args.reporting_events, args.reporting_requests = 3, 20_000, 20
     return args
 
 

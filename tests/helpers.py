@@ -21,6 +21,7 @@ from typing import Any
 import asyncpg
 import httpx
 
+from queueflow.core import store
 from queueflow.core.config import Settings, service_environment
 from queueflow.core.events import EventWindow, decode_event, encode_event
 from queueflow.core.serving import make_server
@@ -169,22 +170,12 @@ async def stored_stats(database_url: str, keys: Iterable[tuple[str, date]]) -> d
     try:
         found = {}
         for site, day in keys:
-            row = await conn.fetchrow(
-                "SELECT total_views, unique_users FROM daily_site_stats "
-                "WHERE site_id = $1 AND date = $2",
-                site,
-                day,
-            )
-            paths = await conn.fetch(
-                "SELECT path, views FROM daily_site_path_counts WHERE site_id = $1 AND date = $2 "
-                'ORDER BY views DESC, path COLLATE "C"',
-                site,
-                day,
-            )
+            totals = await conn.fetchrow(store.RANGE_TOTALS, site, day, day)
+            paths = await conn.fetch(store.TOP_VALUES, site, day, day, "path", 1_000_000)
             found[(site, day)] = {
-                "total_views": row["total_views"] if row else 0,
-                "unique_users": row["unique_users"] if row else 0,
-                "top_paths": [{"path": p["path"], "views": p["views"]} for p in paths],
+                "total_views": totals["views"],
+                "unique_users": totals["users"],
+                "top_paths": [{"path": p["value"], "views": p["events"]} for p in paths],
             }
         return found
     finally:

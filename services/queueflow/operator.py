@@ -27,13 +27,20 @@ async def verify(
                 f"(events say {row['expected_views']}), unique_users {row['stored_users']} "
                 f"(events say {row['expected_users']})"
             )
-        for row in audit.paths:
+        for row in audit.hours:
             print(
-                f"{row['site_id']} {row['date']} {row['path']}: views {row['stored_views']} "
+                f"{row['site_id']} {row['hour']:%Y-%m-%dT%H:%MZ}: views {row['stored_views']} "
                 f"(events say {row['expected_views']})"
             )
+        for row in audit.values:
+            print(
+                f"{row['site_id']} {row['date']} {row['dimension']} {row['value']}: events "
+                f"{row['stored_events']} (events say {row['expected_events']})"
+            )
         if audit.user_rows:
-            print(f"{audit.user_rows} rows of the per-day user sets differ from the events")
+            print(f"{audit.user_rows} rows of the user bitmaps differ from the events")
+        if audit.site_rows:
+            print(f"{audit.site_rows} rows of sites differ from their days")
         if audit.clean:
             print(f"verified {audit.site_days} site-days ({scope}): aggregates match the events")
             return 0

@@ -56,7 +56,7 @@ def other_value(setting: str, index: int) -> object:
     """A valid value unlike the default (and unlike the others' for other indexes)."""
     field = Settings.model_fields[setting]
     default = field.default
-    if setting == "cors_origins":  # a list of origins, not any string
+    if setting in ("cors_origins", "reporting_cors_origins"):  # origins, not any string
         return f"https://site{index}.example.com"
     if isinstance(default, bool):
         return not default

@@ -35,7 +35,7 @@ async def test_a_restarted_consumer_finishes_its_own_pending_entries(parts, sett
     delivered = await stream.read_new(settings.consumer, count=100, block_ms=100)
     assert len(delivered) == 7 and await pending_count(stream.client, settings) == 7
     async with running(Consumer(stream, store, settings)):
-        await until(lambda: db.fetchval("SELECT unique_users = 7 FROM daily_site_stats"))
+        await until(lambda: db.fetchval("SELECT sum(bit_count(users)) = 7 FROM daily_user_bits"))
         await until(lambda: _zero_pending(stream.client, settings))
 
 
@@ -72,7 +72,7 @@ async def test_a_row_the_database_rejects_is_isolated(parts, settings, db, redis
     async with running(Consumer(stream, store, settings)):
         await until(lambda: _zero_pending(redis_client, settings))
     assert await db.fetchval("SELECT count(*) FROM events") == 19
-    assert await db.fetchval("SELECT unique_users FROM daily_site_stats") == 19
+    assert await db.fetchval("SELECT sum(bit_count(users)) FROM daily_user_bits") == 19
     (dead,) = await redis_client.xrange(settings.dead_letter_stream)
     assert b"rejected by database" in dead[1][b"reason"] and b"no_poison" in dead[1][b"reason"]
 
@@ -178,7 +178,7 @@ async def test_a_row_refused_persistently_is_dead_lettered_with_its_sqlstate(
         await until(lambda: _zero_pending(redis_client, settings))
         await stream.add([payload(event_id="after", user_id="after")])  # the worker goes on
         await until(lambda: db.fetchval("SELECT count(*) = 40 FROM events"))
-    assert await db.fetchval("SELECT unique_users FROM daily_site_stats") == 40
+    assert await db.fetchval("SELECT sum(bit_count(users)) FROM daily_user_bits") == 40
     (dead,) = await redis_client.xrange(settings.dead_letter_stream)
     assert dead[1][b"reason"].startswith(b"rejected by database: SQLSTATE 54000")
     assert b'"h29"' in dead[1][EVENT_FIELD]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,17 @@ from queueflow.core.errors import MigrationError
 from queueflow.core.migrations import default_migrations_dir, load_migrations, migrate
 from tests.conftest import with_database
 from tests.helpers import Service, service_env
+from tests.integration.old_statements import SAVE_BATCH_BEFORE_0004
+
+
+def migrations_up_to(tmp_path: Path, version: str) -> Path:
+    """A directory of the migrations up to `version`, as an earlier release shipped them."""
+    directory = tmp_path / f"up_to_{version}"
+    directory.mkdir()
+    for m in load_migrations(default_migrations_dir()):
+        if m.version <= version:
+            shutil.copy(default_migrations_dir() / f"{m.version}_{m.name}.sql", directory)
+    return directory
 
 
 @pytest.fixture
@@ -50,8 +62,12 @@ async def test_applies_each_file_once(empty_database: str) -> None:
     assert {
         "events",
         "daily_site_stats",
-        "daily_site_path_counts",
-        "daily_site_users",
+        "daily_value_counts",
+        "daily_user_bits",
+        "hourly_user_bits",
+        "daily_value_user_bits",
+        "site_users",
+        "sites",
         "schema_migrations",
     } <= tables
 
@@ -165,29 +181,23 @@ async def test_ids_per_site_migration_keeps_every_event_and_count(
 ) -> None:
     """0003 moves the events key from event_id to (site_id, event_id) on a populated
     database: nothing stored is lost or recounted, and afterwards ids are per site."""
-    from queueflow.core.store import SAVE_BATCH, EventStore, batch_document, create_pool
+    from queueflow.core.store import batch_document
     from tests.helpers import payload
 
-    before = tmp_path / "before"
-    before.mkdir()
-    for m in sorted(default_migrations_dir().glob("000[12]_*.sql")):
-        shutil.copy(m, before / m.name)
-    await migrate(empty_database, before)
-    pool = await create_pool(empty_database, max_size=2)
-    store = EventStore(pool)
+    await migrate(empty_database, migrations_up_to(tmp_path, "0002"))
+    conn = await asyncpg.connect(empty_database)
     try:
         rows = [
             b'{"received_ms":1,' + payload(site_id=f"s{i % 3}", event_id=f"e{i}")[1:]
             for i in range(300)
         ]
-        conn = await asyncpg.connect(empty_database)
         # The batch statement as it was before 0003, when event_id alone was the key.
-        before_0003 = SAVE_BATCH.replace("(site_id, event_id) DO", "(event_id) DO")
+        before_0003 = SAVE_BATCH_BEFORE_0004.replace("(site_id, event_id) DO", "(event_id) DO")
         assert await conn.fetchval(before_0003, batch_document(rows)) == 300
         snapshot = "SELECT * FROM {} ORDER BY 1, 2, 3"
         tables = ("events", "daily_site_stats", "daily_site_path_counts", "daily_site_users")
         old = {t: [dict(r) for r in await conn.fetch(snapshot.format(t))] for t in tables}
-        assert await migrate(empty_database, default_migrations_dir()) == ["0003"]
+        assert await migrate(empty_database, migrations_up_to(tmp_path, "0003")) == ["0003"]
         new = {t: [dict(r) for r in await conn.fetch(snapshot.format(t))] for t in tables}
         assert new == old
         key = await conn.fetchval(
@@ -199,8 +209,76 @@ async def test_ids_per_site_migration_keeps_every_event_and_count(
             b'{"received_ms":2,' + payload(site_id="s9", event_id="e0")[1:],
             b'{"received_ms":2,' + payload(site_id="s0", event_id="e0")[1:],
         ]
-        assert await store.save_batch(again) == 1
+        assert await conn.fetchval(SAVE_BATCH_BEFORE_0004, batch_document(again)) == 1
         assert await conn.fetchval("SELECT count(*) FROM events WHERE event_id = 'e0'") == 2
+    finally:
         await conn.close()
+
+
+async def test_range_reporting_migration_counts_the_stored_history(
+    empty_database: str, tmp_path: Path
+) -> None:
+    """0004 fills the range structures from a populated database's raw events: every route's
+    figures equal a recount, users recurring across days count once over the range, and
+    verify is clean; then the workers' statement carries on from there."""
+    from datetime import UTC, date, datetime, timedelta
+
+    from queueflow.core.events import EventWindow, decode_event, encode_event
+    from queueflow.core.store import EventStore, batch_document, create_pool
+
+    def stored_event(e: dict) -> bytes:
+        fields = {k: v for k, v in e.items() if v is not None}
+        return b'{"received_ms":1,' + encode_event(
+            decode_event(json.dumps(fields).encode(), EventWindow(0))
+        )[1:]
+
+    await migrate(empty_database, migrations_up_to(tmp_path, "0003"))
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+    events = [
+        {
+            "site_id": f"s{i % 2}",
+            "event_id": f"e{i}",
+            "event_type": "page_view" if i % 4 else "click",
+            "path": f"/p{i % 5}",
+            "user_id": f"u{i % 7}",
+            "referrer": None if i % 3 else f"https://r{i % 2}.example/",
+            "timestamp": (start + timedelta(hours=5 * i)).isoformat(),
+        }
+        for i in range(60)
+    ]
+    stored = [stored_event(e) for e in events]
+    conn = await asyncpg.connect(empty_database)
+    pool = await create_pool(empty_database, max_size=2)
+    try:
+        assert await conn.fetchval(SAVE_BATCH_BEFORE_0004, batch_document(stored)) == 60
+        assert await migrate(empty_database, default_migrations_dir()) == ["0004"]
+        store = EventStore(pool)
+        first, last = date(2026, 3, 1), date(2026, 3, 31)
+        assert (await store.audit(first, last, None)).clean
+        for site in ("s0", "s1"):
+            mine = [e for e in events if e["site_id"] == site]
+            views = [e for e in mine if e["event_type"] == "page_view"]
+            totals = await store.totals(site, first, last, 10)
+            assert totals.views == len(views)
+            assert totals.unique_users == len({e["user_id"] for e in mine}) < len(
+                {(e["user_id"], e["timestamp"][:10]) for e in mine}
+            )
+            rows = await store.breakdown(site, first, last, "referrer", 10)
+            by_referrer: dict[str | None, set[str]] = {}
+            for e in views:
+                by_referrer.setdefault(e["referrer"], set()).add(e["user_id"])
+            assert {(r.value, r.unique_users) for r in rows} == {
+                (k, len(v)) for k, v in by_referrer.items()
+            }
+        # New events of known and new users fold into the migrated figures.
+        more = [
+            stored_event({**events[0], "event_id": "n1"}),
+            stored_event({**events[0], "event_id": "n2", "user_id": "new"}),
+        ]
+        assert await store.save_batch(more) == 2
+        assert (await store.audit(first, last, None)).clean
+        s0_users = {e["user_id"] for e in events if e["site_id"] == "s0"} | {"new"}
+        assert (await store.totals("s0", first, last, 1)).unique_users == len(s0_users)
     finally:
         await pool.close()
+        await conn.close()

@@ -47,11 +47,13 @@ async def test_verify_passes_then_catches_and_repairs_a_tampered_aggregate(parts
     assert ok.returncode == 0 and "match" in ok.stdout, ok.stdout + ok.stderr
 
     await db.execute("UPDATE daily_site_stats SET total_views = total_views + 1")
-    await db.execute("UPDATE daily_site_path_counts SET views = 99 WHERE path = '/p1'")
-    await db.execute("DELETE FROM daily_site_users WHERE user_id = 'u0'")
+    await db.execute("UPDATE daily_value_counts SET events = 99 WHERE value = '/p1'")
+    await db.execute("DELETE FROM daily_user_bits")
     bad = queueflow(settings, "verify", "--from", TODAY, "--site-id", "site-1")
     assert bad.returncode == 1
-    assert "total_views 13 (events say 12)" in bad.stdout and "/p1: views 99" in bad.stdout
+    assert "total_views 13 (events say 12), unique_users 0 (events say 4)" in bad.stdout
+    assert "path /p1: events 99 (events say 4)" in bad.stdout, bad.stdout
+    assert "rows of the user bitmaps differ" in bad.stdout
 
     fixed = queueflow(settings, "verify", "--from", TODAY, "--repair")
     assert fixed.returncode == 0 and "now match" in fixed.stdout

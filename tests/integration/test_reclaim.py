@@ -27,7 +27,7 @@ async def test_entries_of_a_dead_consumer_are_reclaimed_and_counted_once(parts, 
     async with running(survivor):
         await until(lambda: db.fetchval("SELECT count(*) = 30 FROM events"))
         await until(lambda: _drained(stream, settings))
-    assert await db.fetchval("SELECT unique_users FROM daily_site_stats") == 30
+    assert await db.fetchval("SELECT sum(bit_count(users)) FROM daily_user_bits") == 30
 
 
 async def test_the_reclaim_cursor_walks_the_whole_pending_list_in_pages(parts, settings) -> None:

@@ -110,7 +110,7 @@ async def test_probes(client) -> None:
 @pytest.mark.parametrize(
     ("query", "name"),
     [
-        ("site_id=s&from=2026-05-01&to=2026-05-04", "from"),  # was the single day, silently
+        ("site_id=s&date=2026-05-01&to=2026-05-04", "date"),  # a day and a range at once
         ("site_id=s&site_id=other", "site_id"),  # was the last one, silently
         ("site_id=%00", "site_id"),  # was a 500: PostgreSQL refuses NUL
         ("site_id=s%1B", "site_id"),

@@ -59,9 +59,9 @@ def to_row(e: dict) -> bytes:
 async def stored_stats(store: EventStore, keys) -> dict:
     found = {}
     for site, day in keys:
-        s = await store.daily_stats(site, day, 1000)
+        s = await store.totals(site, day, day, 1000)
         found[(site, day)] = {
-            "total_views": s.total_views,
+            "total_views": s.views,
             "unique_users": s.unique_users,
             "top_paths": [{"path": p, "views": v} for p, v in s.top_paths],
         }
@@ -132,8 +132,8 @@ async def test_a_raw_row_holds_the_event_exactly(store: EventStore, db: asyncpg.
 
 
 async def test_an_unknown_site_or_day_is_zeros(store: EventStore) -> None:
-    s = await store.daily_stats("nobody", date(2026, 1, 1), 10)
-    assert (s.total_views, s.unique_users, s.top_paths) == (0, 0, [])
+    s = await store.totals("nobody", date(2026, 1, 1), date(2026, 1, 31), 10)
+    assert (s.views, s.unique_users, s.top_paths) == (0, 0, [])
 
 
 async def test_top_paths_rank_by_views_then_path_in_byte_order(store: EventStore) -> None:
@@ -142,5 +142,5 @@ async def test_top_paths_rank_by_views_then_path_in_byte_order(store: EventStore
         fields = {"event_id": f"x{i}", "site_id": "s", "event_type": "page_view", "path": path}
         rows.append(to_row({**fields, "user_id": "u", "timestamp": DAY0.isoformat()}))
     await store.save_batch(rows)
-    s = await store.daily_stats("s", DAY0.date(), 3)
+    s = await store.totals("s", DAY0.date(), DAY0.date(), 3)
     assert s.top_paths == [("/a", 2), ("/b", 2), ("/B", 1)]

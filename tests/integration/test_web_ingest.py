@@ -209,7 +209,7 @@ def test_the_database_never_holds_a_raw_id_and_uniques_stay_exact(settings) -> N
             conn = await asyncpg.connect(settings.database_dsn())
             try:
                 ids = await conn.fetch(
-                    "SELECT user_id FROM events UNION SELECT user_id FROM daily_site_users"
+                    "SELECT user_id FROM events UNION SELECT user_id FROM site_users"
                 )
                 return {r["user_id"] for r in ids}
             finally:

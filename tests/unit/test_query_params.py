@@ -31,11 +31,11 @@ CONTROL = [chr(c) for c in [*range(0x00, 0x20), *range(0x7F, 0xA0)]]
 class Store:
     """Answers like an empty database, and fails (a 500) on what PostgreSQL would refuse."""
 
-    async def daily_stats(self, site_id: str, day: date, limit: int) -> Any:
-        assert isinstance(day, date) and 1 <= limit <= 1000
+    async def totals(self, site_id: str, first: date, last: date, limit: int) -> Any:
+        assert isinstance(first, date) and first <= last and 1 <= limit <= 1000
         assert not CONTROL_CHARACTERS.search(site_id)
         assert 1 <= len(site_id.encode()) <= MAX_SITE_ID_BYTES
-        return SimpleNamespace(total_views=0, unique_users=0, top_paths=[])
+        return SimpleNamespace(views=0, unique_users=0, top_paths=[])
 
     async def ping(self) -> None:
         return None
@@ -92,14 +92,18 @@ def errors(response: Any) -> list[tuple[str, str]]:
 @pytest.mark.parametrize(
     ("query", "expected"),
     [
-        # unknown parameters: never ignored (here a range /stats does not take yet)
+        # unknown parameters: never ignored
         (
-            "site_id=a&from=2026-01-01&to=2026-01-31",
-            [("from", "extra_forbidden"), ("to", "extra_forbidden")],
+            "site_id=a&since=2026-01-01&until=2026-01-31",
+            [("since", "extra_forbidden"), ("until", "extra_forbidden")],
         ),
+        # ranges: from after to, date with a range, longer than the limit
+        ("site_id=a&from=2026-02-01&to=2026-01-31", [("from", "value_error")]),
+        ("site_id=a&date=2026-01-01&to=2026-01-31", [("date", "value_error")]),
+        ("site_id=a&from=2024-01-01&to=2026-01-31", [("to", "value_error")]),
         ("site_id=a&Site_id=b", [("Site_id", "extra_forbidden")]),
         ("site_id=a&=x", [("", "extra_forbidden")]),
-        ("site_id=a&limit=5&format=csv", [("format", "extra_forbidden")]),
+        ("site_id=a&limit=5&format=xml", [("format", "literal_error")]),
         # repeated parameters: not the last one silently
         ("site_id=a&site_id=b", [("site_id", "duplicate_parameter")]),
         ("site_id=a&limit=1&limit=2", [("limit", "duplicate_parameter")]),

@@ -140,6 +140,14 @@ class Settings(BaseSettings):
         repr=False,
         description="a secret: reporting's tokens, TOKEN or TOKEN=SITE|SITE, comma-separated",
     )
+    reporting_cors_origins: str = Field(
+        "",
+        description="origins whose pages may read reporting's answers, comma-separated, or *; "
+        "empty: no CORS headers",
+    )
+    max_range_days: int = Field(
+        366, ge=1, le=36_600, description="longest from-to range a reporting route answers, days"
+    )
     workers: Annotated[int, Flag("dev")] = Field(
         1, ge=0, le=64, description="worker processes `queueflow dev` starts"
     )
@@ -199,10 +207,12 @@ class Settings(BaseSettings):
         description="worker and reporting apply pending migrations at start (advisory lock)",
     )
 
-    @field_validator("cors_origins")
+    @field_validator("cors_origins", "reporting_cors_origins")
     @classmethod
     def _origins(cls, value: str) -> str:
         """`*`, or origins as browsers send them (no path, no trailing slash), blanks trimmed."""
+        if not value:  # reporting's: none (ingest's has a minimum length)
+            return value
         origins = [o.strip() for o in value.split(",") if o.strip()]
         for origin in origins:
             if origin != "*" and not _ORIGIN.fullmatch(origin):

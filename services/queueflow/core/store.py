@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime, time
 
 import asyncpg
 import structlog
@@ -19,9 +20,12 @@ from queueflow.core.tracing import Tracing
 
 log = structlog.get_logger(__name__)
 
-# One statement, so one transaction: insert raw rows deduplicated on (site_id, event_id), then
-# fold only the rows actually inserted into the aggregates. Every write is ordered by its key
-# so that concurrent workers take row locks in the same order and cannot deadlock each other.
+
+# The batch itself, one statement, so one transaction: insert raw rows deduplicated on
+# (site_id, event_id), then fold only the rows actually inserted into every aggregate, so a
+# committed batch is visible to every route at once. Every write is ordered by its key so that
+# concurrent workers take row locks in the same order and cannot deadlock each other. A bitmap
+# row is rewritten only when the batch adds a user to it.
 # The batch arrives as one JSON array of the events as the stream holds them (see
 # stored_event): PostgreSQL reads it faster than asyncpg encodes nine arrays of Python values,
 # and the worker builds no row objects (bench/README.md, "Findings").
@@ -41,102 +45,318 @@ inserted AS (
            referrer, properties
     FROM batch ORDER BY site_id, event_id
     ON CONFLICT (site_id, event_id) DO NOTHING
-    RETURNING site_id, date, event_type, path, user_id
+    RETURNING site_id, date, date_trunc('hour', occurred_at, 'UTC') AS hour, event_type, path,
+              referrer, user_id, event_type = 'page_view' AS viewed
 ),
+users AS (SELECT DISTINCT site_id, user_id FROM inserted),
+known AS (SELECT u.* FROM site_users u JOIN users USING (site_id, user_id)),
+-- A user that another worker numbers at the same moment conflicts: DO UPDATE waits for that
+-- commit and returns the number it gave (DO NOTHING would return no row).
 new_users AS (
-    INSERT INTO daily_site_users (site_id, date, user_id)
-    SELECT DISTINCT site_id, date, user_id FROM inserted ORDER BY 1, 2, 3
-    ON CONFLICT DO NOTHING
-    RETURNING site_id, date
+    INSERT INTO site_users AS u (site_id, user_id)
+    SELECT site_id, user_id FROM users LEFT JOIN known k USING (site_id, user_id)
+    WHERE k.user_number IS NULL
+    ORDER BY 1, 2
+    ON CONFLICT (site_id, user_id) DO UPDATE SET user_number = u.user_number
+    RETURNING site_id, user_id, user_number
 ),
-path_views AS (
-    INSERT INTO daily_site_path_counts AS c (site_id, date, path, views)
-    SELECT site_id, date, path, count(*) FROM inserted WHERE event_type = 'page_view'
-    GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
-    ON CONFLICT (site_id, date, path) DO UPDATE SET views = c.views + excluded.views
-),
-day_totals AS (
-    SELECT site_id, date, sum(views) AS views, sum(users) AS users FROM (
-        SELECT site_id, date, count(*) FILTER (WHERE event_type = 'page_view') AS views,
-               0 AS users
-        FROM inserted GROUP BY 1, 2
-        UNION ALL
-        SELECT site_id, date, 0, count(*) FROM new_users GROUP BY 1, 2
-    ) t GROUP BY 1, 2
+numbered AS (
+    SELECT i.*, n.user_number >> 10 AS chunk,
+           B'1'::bit(1024) >> (n.user_number & 1023)::int AS bit
+    FROM inserted i
+    JOIN (SELECT * FROM known UNION ALL SELECT * FROM new_users) n USING (site_id, user_id)
 ),
 day_stats AS (
-    INSERT INTO daily_site_stats AS s (site_id, date, total_views, unique_users)
-    SELECT site_id, date, views, users FROM day_totals ORDER BY 1, 2
-    ON CONFLICT (site_id, date) DO UPDATE
-        SET total_views = s.total_views + excluded.total_views,
-            unique_users = s.unique_users + excluded.unique_users
+    INSERT INTO daily_site_stats AS s (site_id, date, total_views)
+    SELECT site_id, date, count(*) FILTER (WHERE viewed) FROM inserted
+    GROUP BY 1, 2 ORDER BY 1, 2
+    ON CONFLICT (site_id, date) DO UPDATE SET total_views = s.total_views + excluded.total_views
+),
+hour_stats AS (
+    INSERT INTO hourly_site_stats AS s (site_id, hour, views)
+    SELECT site_id, hour, count(*) FILTER (WHERE viewed) FROM inserted
+    GROUP BY 1, 2 ORDER BY 1, 2
+    ON CONFLICT (site_id, hour) DO UPDATE SET views = s.views + excluded.views
+),
+site_stats AS (
+    INSERT INTO sites AS s (site_id, first_date, last_date, total_views)
+    SELECT site_id, min(date), max(date), count(*) FILTER (WHERE viewed) FROM inserted
+    GROUP BY 1 ORDER BY 1
+    ON CONFLICT (site_id) DO UPDATE
+        SET first_date = least(s.first_date, excluded.first_date),
+            last_date = greatest(s.last_date, excluded.last_date),
+            total_views = s.total_views + excluded.total_views
+),
+value_counts AS (
+    INSERT INTO daily_value_counts AS c (site_id, dimension, date, value, events)
+    SELECT site_id, dimension, date, value, count(*) FROM (
+        SELECT site_id, 'path' AS dimension, date, path AS value FROM inserted WHERE viewed
+        UNION ALL SELECT site_id, 'referrer', date, referrer FROM inserted WHERE viewed
+        UNION ALL SELECT site_id, 'event_type', date, event_type FROM inserted
+    ) v GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+    ON CONFLICT (site_id, dimension, date, value) DO UPDATE SET events = c.events + excluded.events
+),
+day_users AS (
+    INSERT INTO daily_user_bits AS b (site_id, date, chunk, users)
+    SELECT site_id, date, chunk, bit_or(bit) FROM numbered GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    ON CONFLICT (site_id, date, chunk) DO UPDATE SET users = b.users | excluded.users
+    WHERE b.users | excluded.users <> b.users
+),
+hour_users AS (
+    INSERT INTO hourly_user_bits AS b (site_id, hour, chunk, users)
+    SELECT site_id, hour, chunk, bit_or(bit) FROM numbered GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    ON CONFLICT (site_id, hour, chunk) DO UPDATE SET users = b.users | excluded.users
+    WHERE b.users | excluded.users <> b.users
+),
+value_users AS (
+    INSERT INTO daily_value_user_bits AS b (site_id, dimension, value, date, chunk, users)
+    SELECT site_id, dimension, value, date, chunk, bit_or(bit) FROM (
+        SELECT site_id, 'path' AS dimension, path AS value, date, chunk, bit
+        FROM numbered WHERE viewed
+        UNION ALL SELECT site_id, 'referrer', referrer, date, chunk, bit FROM numbered WHERE viewed
+        UNION ALL SELECT site_id, 'event_type', event_type, date, chunk, bit FROM numbered
+    ) v GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
+    ON CONFLICT (site_id, dimension, value, date, chunk) DO UPDATE
+        SET users = b.users | excluded.users
+    WHERE b.users | excluded.users <> b.users
 )
 SELECT count(*) FROM inserted
 """
 
-# Ties rank by path in byte order (COLLATE "C"), whatever the database's default collation.
-DAILY_STATS = """
-SELECT coalesce(s.total_views, 0) AS total_views,
-       coalesce(s.unique_users, 0) AS unique_users,
-       array(SELECT p.path FROM daily_site_path_counts p
-             WHERE p.site_id = $1 AND p.date = $2
-             ORDER BY p.views DESC, p.path COLLATE "C" LIMIT $3) AS paths,
-       array(SELECT p.views FROM daily_site_path_counts p
-             WHERE p.site_id = $1 AND p.date = $2
-             ORDER BY p.views DESC, p.path COLLATE "C" LIMIT $3) AS views
-FROM (SELECT 1) AS one
-LEFT JOIN daily_site_stats s ON s.site_id = $1 AND s.date = $2
+# Reporting. $1 is the site, $2 and $3 the range's first and last UTC day (inclusive). A
+# range's users are the OR of its days' bitmaps, chunk by chunk; a bucket's are its own.
+SITE_DAYS = "site_id = $1 AND date BETWEEN $2 AND $3"
+SITE_HOURS = (
+    "site_id = $1 AND hour >= $2::date::timestamp AT TIME ZONE 'UTC' "
+    "AND hour < ($3::date + 1)::timestamp AT TIME ZONE 'UTC'"
+)
+USERS_OVER_DAYS = f"""
+SELECT coalesce(sum(bit_count(users)), 0)::bigint FROM (
+    SELECT bit_or(users) AS users FROM daily_user_bits WHERE {SITE_DAYS} GROUP BY chunk
+) u
+"""
+RANGE_TOTALS = f"""
+SELECT (SELECT coalesce(sum(total_views), 0)::bigint FROM daily_site_stats WHERE {SITE_DAYS})
+           AS views,
+       ({USERS_OVER_DAYS}) AS users
+"""
+# $4 the dimension, $5 how many rows. Ties rank by value in byte order (COLLATE "C"), NULL last.
+TOP_VALUES = f"""
+SELECT value, sum(events)::bigint AS events FROM daily_value_counts
+WHERE {SITE_DAYS} AND dimension = $4
+GROUP BY value ORDER BY events DESC, value COLLATE "C" NULLS LAST LIMIT $5
+"""
+# Each row's users from its own bitmaps: two index lookups per row (one for a NULL value),
+# never the dimension's other values.
+BREAKDOWN = f"""
+SELECT t.value, t.events, (
+    SELECT coalesce(sum(bit_count(u.users)), 0)::bigint FROM (
+        SELECT bit_or(b.users) AS users FROM daily_value_user_bits b
+        WHERE b.site_id = $1 AND b.dimension = $4 AND b.date BETWEEN $2 AND $3
+          AND (b.value = t.value OR (t.value IS NULL AND b.value IS NULL))
+        GROUP BY b.chunk
+    ) u
+) AS users
+FROM ({TOP_VALUES}) t ORDER BY t.events DESC, t.value COLLATE "C" NULLS LAST
+"""
+DAY_SERIES = f"""
+SELECT d::date AS start, coalesce(s.total_views, 0) AS views, coalesce(u.users, 0) AS users
+FROM generate_series($2::date, $3::date, interval '1 day') AS d
+LEFT JOIN daily_site_stats s ON s.site_id = $1 AND s.date = d::date
+LEFT JOIN (
+    SELECT date, sum(bit_count(users))::bigint AS users FROM daily_user_bits
+    WHERE {SITE_DAYS} GROUP BY date
+) u ON u.date = d::date
+ORDER BY d
+"""
+HOUR_SERIES = f"""
+SELECT h AS start, coalesce(s.views, 0) AS views, coalesce(u.users, 0) AS users
+FROM generate_series($2::date::timestamp AT TIME ZONE 'UTC',
+                     ($3::date + 1)::timestamp AT TIME ZONE 'UTC' - interval '1 hour',
+                     interval '1 hour') AS h
+LEFT JOIN hourly_site_stats s ON s.site_id = $1 AND s.hour = h
+LEFT JOIN (
+    SELECT hour, sum(bit_count(users))::bigint AS users FROM hourly_user_bits
+    WHERE {SITE_HOURS} GROUP BY hour
+) u ON u.hour = h
+ORDER BY h
+"""
+# The raw events of one site in a window of at most an hour, through events_site_time.
+REALTIME = """
+SELECT count(*) FILTER (WHERE event_type = 'page_view') AS views,
+       count(DISTINCT user_id) AS users
+FROM events WHERE site_id = $1 AND occurred_at > $2 AND occurred_at <= $3
+"""
+SITES = """
+SELECT site_id, first_date, last_date, total_views FROM sites
+WHERE $1::text[] IS NULL OR site_id = ANY($1::text[]) ORDER BY site_id COLLATE "C"
 """
 
-
-# `queueflow verify`: the aggregates recomputed from the raw events, compared with the stored
-# ones. $1/$2 bound the UTC dates, $3 is a site or NULL for all sites.
-RANGE = "date BETWEEN $1 AND $2 AND ($3::text IS NULL OR site_id = $3)"
-STATS_FROM_EVENTS = f"""
+# `queueflow verify`: the aggregates recounted from the raw events, compared with the stored
+# ones; `--repair` replaces them by the recount. $1 is a site or NULL for all sites, $2/$3
+# bound the UTC days. Raw events are read through events_site_time.
+SCOPE = "($1::text IS NULL OR site_id = $1)"
+DAYS = f"{SCOPE} AND date BETWEEN $2 AND $3"
+HOURS = (
+    f"{SCOPE} AND hour >= $2::date::timestamp AT TIME ZONE 'UTC' "
+    "AND hour < ($3::date + 1)::timestamp AT TIME ZONE 'UTC'"
+)
+EVENTS = (
+    f"{SCOPE} AND occurred_at >= $2::date::timestamp AT TIME ZONE 'UTC' "
+    "AND occurred_at < ($3::date + 1)::timestamp AT TIME ZONE 'UTC'"
+)
+DAYS_FROM_EVENTS = f"""
 SELECT site_id, date, count(*) FILTER (WHERE event_type = 'page_view') AS total_views,
        count(DISTINCT user_id) AS unique_users
-FROM events WHERE {RANGE} GROUP BY site_id, date
+FROM events WHERE {EVENTS} GROUP BY site_id, date
 """
-PATHS_FROM_EVENTS = f"""
-SELECT site_id, date, path, count(*) AS views
-FROM events WHERE event_type = 'page_view' AND {RANGE} GROUP BY site_id, date, path
+HOURS_FROM_EVENTS = f"""
+SELECT site_id, date_trunc('hour', occurred_at, 'UTC') AS hour,
+       count(*) FILTER (WHERE event_type = 'page_view') AS views
+FROM events WHERE {EVENTS} GROUP BY 1, 2
 """
-USERS_FROM_EVENTS = f"SELECT DISTINCT site_id, date, user_id FROM events WHERE {RANGE}"
+# A value and whether it is NULL, as two columns that a FULL JOIN can match on (a NULL
+# referrer is a value of its own; IS NOT DISTINCT FROM cannot drive a FULL JOIN).
+NULL_SAFE_VALUE = "value_is_null, value_or_empty"
+
+
+def _null_safe(rows: str) -> str:
+    return (
+        "SELECT *, value IS NULL AS value_is_null, coalesce(value, '') AS value_or_empty "
+        f"FROM ({rows}) r"
+    )
+
+
+VALUES_FROM_EVENTS = f"""
+SELECT site_id, 'path' AS dimension, date, path AS value, count(*) AS events FROM events
+WHERE {EVENTS} AND event_type = 'page_view' GROUP BY 1, 3, 4
+UNION ALL
+SELECT site_id, 'referrer', date, referrer, count(*) FROM events
+WHERE {EVENTS} AND event_type = 'page_view' GROUP BY 1, 3, 4
+UNION ALL
+SELECT site_id, 'event_type', date, event_type, count(*) FROM events WHERE {EVENTS} GROUP BY 1, 3, 4
+"""
+NUMBERED_EVENTS = f"""
+SELECT e.site_id, e.date, date_trunc('hour', e.occurred_at, 'UTC') AS hour, e.event_type,
+       e.path, e.referrer, u.user_number >> 10 AS chunk,
+       B'1'::bit(1024) >> (u.user_number & 1023)::int AS bit
+FROM (SELECT * FROM events WHERE {EVENTS}) e JOIN site_users u USING (site_id, user_id)
+"""
+BITS_FROM_EVENTS = {
+    "daily_user_bits": f"""
+        SELECT site_id, date, chunk, bit_or(bit) AS users FROM ({NUMBERED_EVENTS}) n
+        GROUP BY 1, 2, 3""",
+    "hourly_user_bits": f"""
+        SELECT site_id, hour, chunk, bit_or(bit) AS users FROM ({NUMBERED_EVENTS}) n
+        GROUP BY 1, 2, 3""",
+    "daily_value_user_bits": f"""
+        SELECT site_id, 'path' AS dimension, path AS value, date, chunk, bit_or(bit) AS users
+        FROM ({NUMBERED_EVENTS}) n WHERE event_type = 'page_view' GROUP BY 1, 3, 4, 5
+        UNION ALL
+        SELECT site_id, 'referrer', referrer, date, chunk, bit_or(bit)
+        FROM ({NUMBERED_EVENTS}) n WHERE event_type = 'page_view' GROUP BY 1, 3, 4, 5
+        UNION ALL
+        SELECT site_id, 'event_type', event_type, date, chunk, bit_or(bit)
+        FROM ({NUMBERED_EVENTS}) n GROUP BY 1, 3, 4, 5""",
+}
+BITS_KEYS = {
+    "daily_user_bits": ("site_id, date, chunk", DAYS),
+    "hourly_user_bits": ("site_id, hour, chunk", HOURS),
+    "daily_value_user_bits": ("site_id, dimension, value, date, chunk", DAYS),
+}
+STORED_DAYS = f"""
+SELECT s.site_id, s.date, s.total_views, coalesce(u.users, 0) AS unique_users
+FROM (SELECT * FROM daily_site_stats WHERE {DAYS}) s LEFT JOIN (
+    SELECT site_id, date, sum(bit_count(users))::bigint AS users FROM daily_user_bits WHERE {DAYS}
+    GROUP BY 1, 2
+) u USING (site_id, date)
+"""
 STATS_DIFFERENCES = f"""
 SELECT site_id, date, e.total_views AS expected_views, a.total_views AS stored_views,
        e.unique_users AS expected_users, a.unique_users AS stored_users
-FROM ({STATS_FROM_EVENTS}) e
-FULL JOIN (SELECT * FROM daily_site_stats WHERE {RANGE}) a USING (site_id, date)
+FROM ({DAYS_FROM_EVENTS}) e FULL JOIN ({STORED_DAYS}) a USING (site_id, date)
 WHERE e.total_views IS DISTINCT FROM a.total_views
    OR e.unique_users IS DISTINCT FROM a.unique_users
 ORDER BY site_id, date
 """
-PATH_DIFFERENCES = f"""
-SELECT site_id, date, path, e.views AS expected_views, a.views AS stored_views
-FROM ({PATHS_FROM_EVENTS}) e
-FULL JOIN (SELECT * FROM daily_site_path_counts WHERE {RANGE}) a USING (site_id, date, path)
+HOUR_DIFFERENCES = f"""
+SELECT site_id, hour, e.views AS expected_views, a.views AS stored_views
+FROM ({HOURS_FROM_EVENTS}) e
+FULL JOIN (SELECT * FROM hourly_site_stats WHERE {HOURS}) a USING (site_id, hour)
 WHERE e.views IS DISTINCT FROM a.views
-ORDER BY site_id, date, path
+ORDER BY site_id, hour
 """
-USER_DIFFERENCES = f"""
-SELECT count(*) FROM ({USERS_FROM_EVENTS}) e
-FULL JOIN (SELECT * FROM daily_site_users WHERE {RANGE}) a USING (site_id, date, user_id)
-WHERE e.user_id IS NULL OR a.user_id IS NULL
+VALUE_DIFFERENCES = f"""
+SELECT site_id, dimension, date, coalesce(e.value, a.value) AS value,
+       e.events AS expected_events, a.events AS stored_events
+FROM ({_null_safe(VALUES_FROM_EVENTS)}) e
+FULL JOIN ({_null_safe(f"SELECT * FROM daily_value_counts WHERE {DAYS}")}) a
+    USING (site_id, dimension, date, {NULL_SAFE_VALUE})
+WHERE e.events IS DISTINCT FROM a.events
+ORDER BY 1, 2, 3, coalesce(e.value, a.value) COLLATE "C"
 """
-CHECKED_DAYS = f"SELECT count(*) FROM ({STATS_FROM_EVENTS}) e"
-# Rebuilding takes a lock that conflicts with the workers' upserts, so no batch folds into
-# a site-day while it is rebuilt; batches committed before the lock are in the recount,
-# batches after it fold into the rebuilt figures.
-REBUILD = [
-    "LOCK TABLE daily_site_stats, daily_site_path_counts, daily_site_users "
-    "IN SHARE ROW EXCLUSIVE MODE",
-    f"DELETE FROM daily_site_users WHERE {RANGE}",
-    f"INSERT INTO daily_site_users (site_id, date, user_id) {USERS_FROM_EVENTS}",
-    f"DELETE FROM daily_site_path_counts WHERE {RANGE}",
-    f"INSERT INTO daily_site_path_counts (site_id, date, path, views) {PATHS_FROM_EVENTS}",
-    f"DELETE FROM daily_site_stats WHERE {RANGE}",
-    f"INSERT INTO daily_site_stats (site_id, date, total_views, unique_users) {STATS_FROM_EVENTS}",
+# Rows of each bitmap table that differ from the recount.
+BITS_DIFFERENCES = [
+    f"""
+    SELECT count(*) FROM ({wrap(recount)}) e
+    FULL JOIN ({wrap(f"SELECT * FROM {table} WHERE {scope}")}) a
+        USING ({keys.replace("value", NULL_SAFE_VALUE)})
+    WHERE e.users IS DISTINCT FROM a.users
+    """
+    for table, recount in BITS_FROM_EVENTS.items()
+    for keys, scope in [BITS_KEYS[table]]
+    for wrap in [_null_safe if "value" in keys else str]
 ]
+UNNUMBERED_USERS = f"""
+SELECT DISTINCT site_id, user_id FROM events e
+WHERE {EVENTS} AND NOT EXISTS (
+    SELECT FROM site_users u WHERE u.site_id = e.site_id AND u.user_id = e.user_id)
+"""
+# The sites rows must equal what the daily rows add up to.
+SITES_FROM_DAYS = f"""
+SELECT site_id, min(date) AS first_date, max(date) AS last_date,
+       sum(total_views)::bigint AS total_views
+FROM daily_site_stats WHERE {SCOPE} GROUP BY site_id
+"""
+SITE_DIFFERENCES = f"""
+SELECT count(*) FROM ({SITES_FROM_DAYS}) e
+FULL JOIN (SELECT * FROM sites WHERE {SCOPE}) a USING (site_id)
+WHERE (e.first_date, e.last_date, e.total_views) IS DISTINCT FROM
+      (a.first_date, a.last_date, a.total_views)
+"""
+CHECKED_DAYS = f"SELECT count(*) FROM ({DAYS_FROM_EVENTS}) e"
+# Rebuilding takes a lock that conflicts with the workers' upserts, so no batch folds into
+# the range while it is rebuilt; batches committed before the lock are in the recount,
+# batches after it fold into the rebuilt figures. Users without a number get one first.
+REBUILD = [
+    "LOCK TABLE daily_site_stats, hourly_site_stats, daily_value_counts, daily_user_bits, "
+    "hourly_user_bits, daily_value_user_bits, sites IN SHARE ROW EXCLUSIVE MODE",
+    f"INSERT INTO site_users (site_id, user_id) {UNNUMBERED_USERS} ORDER BY 1, 2 "
+    "ON CONFLICT DO NOTHING",
+    f"DELETE FROM daily_site_stats WHERE {DAYS}",
+    "INSERT INTO daily_site_stats (site_id, date, total_views) "
+    f"SELECT site_id, date, total_views FROM ({DAYS_FROM_EVENTS}) e",
+    f"DELETE FROM hourly_site_stats WHERE {HOURS}",
+    f"INSERT INTO hourly_site_stats (site_id, hour, views) {HOURS_FROM_EVENTS}",
+    f"DELETE FROM daily_value_counts WHERE {DAYS}",
+    "INSERT INTO daily_value_counts (site_id, dimension, date, value, events) "
+    + VALUES_FROM_EVENTS,
+    *(
+        statement
+        for table, recount in BITS_FROM_EVENTS.items()
+        for statement in (
+            f"DELETE FROM {table} WHERE {BITS_KEYS[table][1]}",
+            f"INSERT INTO {table} ({BITS_KEYS[table][0]}, users) {recount}",
+        )
+    ),
+    f"DELETE FROM sites WHERE {SCOPE}",
+    f"INSERT INTO sites (site_id, first_date, last_date, total_views) {SITES_FROM_DAYS}",
+]
+
+
+def placeholders(statement: str) -> int:
+    """How many parameters ($1, $2, ...) a statement takes."""
+    return max((int(n) for n in re.findall(r"\$(\d+)", statement)), default=0)
 
 
 def stored_event(event_json: bytes, received_ms: int) -> bytes:
@@ -155,20 +375,44 @@ def batch_document(events: Sequence[bytes]) -> str:
 @dataclass(frozen=True, slots=True)
 class Audit:
     site_days: int  # site-days that have raw events in the range
-    stats: list[dict]  # daily_site_stats rows that differ from the recount
-    paths: list[dict]  # daily_site_path_counts rows that differ
-    user_rows: int  # rows of daily_site_users missing or extra
+    stats: list[dict]  # site-days whose views or unique users differ from the recount
+    hours: list[dict]  # hourly_site_stats rows that differ
+    values: list[dict]  # daily_value_counts rows that differ
+    user_rows: int  # bitmap rows that differ, plus users of the range without a number
+    site_rows: int  # sites rows that differ from what their days add up to
 
     @property
     def clean(self) -> bool:
-        return not self.stats and not self.paths and not self.user_rows
+        return not (self.stats or self.hours or self.values or self.user_rows or self.site_rows)
 
 
 @dataclass(frozen=True, slots=True)
-class DailyStats:
-    total_views: int
+class Totals:
+    views: int
     unique_users: int
     top_paths: list[tuple[str, int]]
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    start: datetime  # the bucket's first instant, UTC
+    views: int
+    unique_users: int
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    value: str | None
+    events: int
+    unique_users: int
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    site_id: str
+    first_date: date
+    last_date: date
+    total_views: int
 
 
 async def create_pool(dsn: str, *, max_size: int) -> asyncpg.Pool:
@@ -223,36 +467,66 @@ class EventStore:
         async with self._connection("INSERT", "events") as conn:
             return await conn.fetchval(SAVE_BATCH, batch_document(events))
 
-    async def daily_stats(self, site_id: str, day: date, limit: int) -> DailyStats:
+    async def totals(self, site_id: str, first: date, last: date, limit: int) -> Totals:
         async with self._connection("SELECT", "daily_site_stats") as conn:
-            row = await conn.fetchrow(DAILY_STATS, site_id, day, limit)
-        return DailyStats(
-            total_views=row["total_views"],
-            unique_users=row["unique_users"],
-            top_paths=list(zip(row["paths"], row["views"], strict=True)),
-        )
+            totals = await conn.fetchrow(RANGE_TOTALS, site_id, first, last)
+            paths = await conn.fetch(TOP_VALUES, site_id, first, last, "path", limit)
+        return Totals(totals["views"], totals["users"], [(p["value"], p["events"]) for p in paths])
+
+    async def series(self, site_id: str, first: date, last: date, hourly: bool) -> list[Point]:
+        async with self._connection("SELECT", "daily_user_bits") as conn:
+            found = await conn.fetch(HOUR_SERIES if hourly else DAY_SERIES, site_id, first, last)
+        return [
+            Point(
+                r["start"] if hourly else datetime.combine(r["start"], time(), UTC),
+                r["views"],
+                r["users"],
+            )
+            for r in found
+        ]
+
+    async def breakdown(
+        self, site_id: str, first: date, last: date, dimension: str, limit: int
+    ) -> list[Row]:
+        async with self._connection("SELECT", "daily_value_counts") as conn:
+            found = await conn.fetch(BREAKDOWN, site_id, first, last, dimension, limit)
+        return [Row(r["value"], r["events"], r["users"]) for r in found]
+
+    async def realtime(self, site_id: str, since: datetime, until: datetime) -> tuple[int, int]:
+        """Page views and distinct users of the events in (since, until]."""
+        async with self._connection("SELECT", "events") as conn:
+            row = await conn.fetchrow(REALTIME, site_id, since, until)
+        return row["views"], row["users"]
+
+    async def sites(self, only: Sequence[str] | None) -> list[Site]:
+        async with self._connection("SELECT", "sites") as conn:
+            found = await conn.fetch(SITES, None if only is None else list(only))
+        return [Site(*r) for r in found]
 
     async def audit(self, first: date, last: date, site_id: str | None) -> Audit:
         """Compare stored aggregates with a recount from the raw events, in one snapshot."""
-        args = (first, last, site_id)
+        args = (site_id, first, last)
         async with (
             self.pool.acquire() as conn,
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
+            unnumbered = await conn.fetchval(f"SELECT count(*) FROM ({UNNUMBERED_USERS}) u", *args)
+            bitmap_rows = [await conn.fetchval(q, *args) for q in BITS_DIFFERENCES]
             return Audit(
                 site_days=await conn.fetchval(CHECKED_DAYS, *args),
                 stats=[dict(r) for r in await conn.fetch(STATS_DIFFERENCES, *args)],
-                paths=[dict(r) for r in await conn.fetch(PATH_DIFFERENCES, *args)],
-                user_rows=await conn.fetchval(USER_DIFFERENCES, *args),
+                hours=[dict(r) for r in await conn.fetch(HOUR_DIFFERENCES, *args)],
+                values=[dict(r) for r in await conn.fetch(VALUE_DIFFERENCES, *args)],
+                user_rows=unnumbered + sum(bitmap_rows),
+                site_rows=await conn.fetchval(SITE_DIFFERENCES, site_id),
             )
 
     async def rebuild_aggregates(self, first: date, last: date, site_id: str | None) -> None:
         """Rewrite the aggregates of the range from the raw events, in one transaction."""
+        args = (site_id, first, last)
         async with self.pool.acquire() as conn, conn.transaction():
             for statement in REBUILD:
-                await conn.execute(
-                    statement, *(() if "$1" not in statement else (first, last, site_id))
-                )
+                await conn.execute(statement, *args[: placeholders(statement)])
 
     async def ping(self) -> None:
         async with self.pool.acquire(timeout=2) as conn:

@@ -4,18 +4,19 @@ Query strings are read exactly (core/query_params.py)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
-from typing import Annotated, Any, ClassVar
+from datetime import UTC, date, datetime, timedelta
+from typing import Annotated, Any, ClassVar, Literal
 
 import asyncpg
 import structlog
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 from redis.exceptions import RedisError
 
@@ -27,10 +28,15 @@ from queueflow.core.query_params import strict_app
 from queueflow.core.store import EventStore, create_pool
 from queueflow.core.stream import EventStream, connect
 from queueflow.core.tracing import Tracing
-from queueflow.reporting.freshness import Watermark
+from queueflow.reporting.csv_answer import Format, csv_response, wants_csv
+from queueflow.reporting.freshness import Freshness, Watermark
+from queueflow.reporting.ranges import DayRange, FromQuery, ToQuery, end_of_day, field_error
 from queueflow.reporting.tokens import Access, StatsTokens
 
 log = structlog.get_logger(__name__)
+Interval = Literal["day", "hour"]
+Dimension = Literal["path", "event_type", "referrer"]
+MAX_HOUR_RANGE_DAYS = 31
 
 
 class PathViews(BaseModel):
@@ -66,8 +72,64 @@ class DailyStatsResponse(FreshAnswer):
     site_id: str
     date: date
     total_views: int
-    unique_users: int
+    unique_users: int = Field(description="Distinct user ids among all of the day's events")
     top_paths: list[PathViews]
+
+
+class RangeAnswer(FreshAnswer):
+    site_id: str
+    from_: date = Field(alias="from", description="First UTC day, inclusive")
+    to: date = Field(description="Last UTC day, inclusive")
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+
+class RangeStatsResponse(RangeAnswer):
+    total_views: int
+    unique_users: int = Field(
+        description="Distinct user ids among all of the range's events (not a sum of days)"
+    )
+    top_paths: list[PathViews]
+
+
+class Point(BaseModel):
+    start: datetime = Field(description="The bucket's first instant, UTC")
+    views: int
+    unique_users: int = Field(description="Distinct user ids among the bucket's events")
+
+
+class TimeseriesResponse(RangeAnswer):
+    interval: Interval
+    points: list[Point]
+
+
+class BreakdownRow(BaseModel):
+    value: str | None = Field(description="The path, referrer (null: none) or event type")
+    events: int = Field(description="Page views (path, referrer) or events (event_type)")
+    unique_users: int = Field(description="Distinct user ids among the events this row counts")
+
+
+class BreakdownResponse(RangeAnswer):
+    by: Dimension
+    rows: list[BreakdownRow]
+
+
+class RealtimeResponse(FreshAnswer):
+    site_id: str
+    minutes: int
+    views: int = Field(description="Page views with a timestamp in the last `minutes`")
+    unique_users: int = Field(description="Distinct user ids among those minutes' events")
+
+
+class SiteRow(BaseModel):
+    site_id: str
+    first_date: date
+    last_date: date
+    total_views: int
+
+
+class SitesResponse(BaseModel):
+    sites: list[SiteRow]
 
 
 MAX_SITE_ID_BYTES = 256  # as ingest accepts: a longer site_id can never have data
@@ -89,7 +151,10 @@ SiteIdQuery = Annotated[
     AfterValidator(_site_id_bytes),
 ]
 DateQuery = Annotated[date | None, Query(description="UTC day, YYYY-MM-DD [today]")]
-LimitQuery = Annotated[int, Query(ge=1, le=1000, description="How many top paths")]
+LimitQuery = Annotated[int, Query(ge=1, le=1000, description="How many rows")]
+FormatQuery = Annotated[
+    Format | None, Query(description="csv for a CSV answer (as Accept: text/csv) [json]")
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +178,12 @@ def get_store(request: Request) -> EventStore:
 
 
 StoreDep = Annotated[EventStore, Depends(get_store)]
+CSV_ANSWER: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The answer; as text/csv with format=csv or Accept: text/csv",
+        "content": {"text/csv": {"schema": {"type": "string"}}},
+    }
+}
 TOKEN_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "No bearer token, or an unknown one (QUEUEFLOW_STATS_TOKENS is set)"},
     403: {"description": "The token does not cover this site"},
@@ -156,6 +227,16 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
                 await client.aclose()
 
     app = strict_app(title="QueueFlow reporting", version=__version__, lifespan=lifespan)
+    if settings.reporting_cors_origins:
+        # Pages of these origins may read the answers with a token (a dashboard elsewhere).
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.reporting_cors_origins.split(","),
+            allow_methods=["GET"],
+            allow_headers=["authorization"],
+            expose_headers=["X-QueueFlow-As-Of", "X-QueueFlow-Lag", "X-QueueFlow-Complete"],
+            max_age=86_400,
+        )
 
     @app.exception_handler(OSError)
     @app.exception_handler(TimeoutError)
@@ -171,11 +252,33 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
             headers={"Retry-After": "1"},
         )
 
+    def day_range(from_: FromQuery = None, to: ToQuery = None) -> DayRange:
+        return DayRange.of(from_, to, settings.max_range_days)
+
+    def optional_range(from_: FromQuery = None, to: ToQuery = None) -> DayRange | None:
+        """/stats: a range only when from or to is given (else its date)."""
+        return None if from_ is None and to is None else day_range(from_, to)
+
+    in_range = Depends(day_range)
+
+    async def answer(
+        request: Request,
+        format: Format | None,
+        build: Callable[[Freshness], Awaitable[BaseModel]],
+    ) -> Response:
+        """The freshness read before the counts (so as_of holds), the answer as JSON or CSV."""
+        fresh = await ReportingState.of(request).watermark.read()
+        found = await build(fresh)
+        if wants_csv(request, format):
+            return csv_response(found)
+        return JSONResponse(found.model_dump(mode="json", by_alias=True))
+
     @app.get(
         "/stats",
         tags=["reporting"],
-        summary="A site's totals for one UTC day",
-        responses=TOKEN_ERRORS,
+        summary="A site's totals for one UTC day, or over a range of days",
+        response_model=DailyStatsResponse | RangeStatsResponse,
+        responses={**TOKEN_ERRORS, **CSV_ANSWER},
     )
     async def stats(
         request: Request,
@@ -183,33 +286,157 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
         site_id: SiteIdQuery,
         date: DateQuery = None,
         limit: LimitQuery = 10,
+        format: FormatQuery = None,
+        days: DayRange | None = Depends(optional_range),  # noqa: B008
         allowed: Access = authorized,
-    ) -> DailyStatsResponse:
+    ) -> Response:
+        """With `date` (default today), the day's answer; with `from`/`to`, the range's, whose
+        unique_users counts each user once over the whole range."""
         allowed.site(site_id)
-        day = date or datetime.now(UTC).date()
-        fresh = await ReportingState.of(request).watermark.read()  # before the counts: as_of holds
-        found = await store.daily_stats(site_id, day, limit)
-        return DailyStatsResponse(
-            **fresh.fields(day),
-            site_id=site_id,
-            date=day,
-            total_views=found.total_views,
-            unique_users=found.unique_users,
-            top_paths=[PathViews(path=p, views=v) for p, v in found.top_paths],
-        )
+        if date is not None and days is not None:
+            raise field_error("date", "Give date, or from and to, not both", str(date))
+        span = days or DayRange.one(date or datetime.now(UTC).date())
+
+        async def build(fresh: Freshness) -> BaseModel:
+            found = await store.totals(site_id, span.first, span.last, limit)
+            figures = {
+                "site_id": site_id,
+                "total_views": found.views,
+                "unique_users": found.unique_users,
+                "top_paths": [PathViews(path=p, views=v) for p, v in found.top_paths],
+                **fresh.fields(end_of_day(span.last)),
+            }
+            if days is None:
+                return DailyStatsResponse(date=span.first, **figures)
+            return RangeStatsResponse(from_=span.first, to=span.last, **figures)
+
+        return await answer(request, format, build)
+
+    @app.get(
+        "/stats/timeseries",
+        tags=["reporting"],
+        summary="Views and unique users per day or per hour over a range",
+        response_model=TimeseriesResponse,
+        responses={**TOKEN_ERRORS, **CSV_ANSWER},
+    )
+    async def timeseries(
+        request: Request,
+        store: StoreDep,
+        site_id: SiteIdQuery,
+        interval: Annotated[Interval, Query(description="Bucket size [day]")] = "day",
+        format: FormatQuery = None,
+        days: DayRange = in_range,
+        allowed: Access = authorized,
+    ) -> Response:
+        """One point per bucket, in order, empty buckets as zeros; hour ranges are at most 31
+        days."""
+        allowed.site(site_id)
+        if interval == "hour" and days.length > MAX_HOUR_RANGE_DAYS:
+            raise field_error(
+                "to", f"An hour series covers at most {MAX_HOUR_RANGE_DAYS} days", str(days.last)
+            )
+
+        async def build(fresh: Freshness) -> BaseModel:
+            found = await store.series(site_id, days.first, days.last, interval == "hour")
+            return TimeseriesResponse(
+                site_id=site_id,
+                from_=days.first,
+                to=days.last,
+                interval=interval,
+                points=[
+                    Point(start=p.start, views=p.views, unique_users=p.unique_users) for p in found
+                ],
+                **fresh.fields(end_of_day(days.last)),
+            )
+
+        return await answer(request, format, build)
+
+    @app.get(
+        "/stats/breakdown",
+        tags=["reporting"],
+        summary="Events and exact unique users per path, referrer or event type over a range",
+        response_model=BreakdownResponse,
+        responses={**TOKEN_ERRORS, **CSV_ANSWER},
+    )
+    async def breakdown(
+        request: Request,
+        store: StoreDep,
+        site_id: SiteIdQuery,
+        by: Annotated[Dimension, Query(description="What the rows are")],
+        limit: LimitQuery = 10,
+        format: FormatQuery = None,
+        days: DayRange = in_range,
+        allowed: Access = authorized,
+    ) -> Response:
+        """`path` and `referrer` count page views (a missing referrer is null), `event_type`
+        events of every type; rows by events descending, then value in byte order."""
+        allowed.site(site_id)
+
+        async def build(fresh: Freshness) -> BaseModel:
+            found = await store.breakdown(site_id, days.first, days.last, by, limit)
+            return BreakdownResponse(
+                site_id=site_id,
+                from_=days.first,
+                to=days.last,
+                by=by,
+                rows=[
+                    BreakdownRow(value=r.value, events=r.events, unique_users=r.unique_users)
+                    for r in found
+                ],
+                **fresh.fields(end_of_day(days.last)),
+            )
+
+        return await answer(request, format, build)
+
+    @app.get(
+        "/stats/realtime",
+        tags=["reporting"],
+        summary="Page views and unique users of the last minutes",
+        response_model=RealtimeResponse,
+        responses={**TOKEN_ERRORS, **CSV_ANSWER},
+    )
+    async def realtime(
+        request: Request,
+        store: StoreDep,
+        site_id: SiteIdQuery,
+        minutes: Annotated[int, Query(ge=1, le=60, description="The window, minutes")] = 5,
+        format: FormatQuery = None,
+        allowed: Access = authorized,
+    ) -> Response:
+        """Events whose timestamp lies in (now - minutes, now]."""
+        allowed.site(site_id)
+
+        async def build(fresh: Freshness) -> BaseModel:
+            now = datetime.now(UTC)
+            views, users = await store.realtime(site_id, now - timedelta(minutes=minutes), now)
+            return RealtimeResponse(
+                site_id=site_id,
+                minutes=minutes,
+                views=views,
+                unique_users=users,
+                **fresh.fields(now),
+            )
+
+        return await answer(request, format, build)
 
     @app.get(
         "/stats/ingest",
         tags=["reporting"],
         summary="What ingest did with a site's events on one UTC day",
-        responses={**TOKEN_ERRORS, 503: {"description": "Redis, which holds them, unavailable"}},
+        response_model=IngestStatsResponse,
+        responses={
+            **TOKEN_ERRORS,
+            **CSV_ANSWER,
+            503: {"description": "Redis, which holds them, unavailable"},
+        },
     )
     async def ingest_stats(
         request: Request,
         site_id: SiteIdQuery,
         date: DateQuery = None,
+        format: FormatQuery = None,
         allowed: Access = authorized,
-    ) -> IngestStatsResponse:
+    ) -> Response:
         """Events counted by ingest on the UTC day it saw them: accepted, dropped (bots) and
         rejected (invalid, where a site_id could be read); kept 400 days, in Redis."""
         allowed.site(site_id)
@@ -217,21 +444,54 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
         state = ReportingState.of(request)
         if state.stream is None:
             raise HTTPException(503, detail="REDIS_URL is not set for reporting")
-        fresh = await state.watermark.read()
-        try:
-            async with asyncio.timeout(settings.redis_timeout_s):
-                counts = await day_counts(state.stream.client, settings.stream, day, site_id)
-        except (RedisError, OSError, TimeoutError) as exc:
-            log.warning("ingest counts unavailable", error=repr(exc))
-            raise HTTPException(503, detail="Redis unavailable, retry later") from None
-        return IngestStatsResponse(
-            **fresh.fields(day),
-            site_id=site_id,
-            date=day,
-            accepted=counts.accepted,
-            dropped={"bot": 0, **counts.dropped},
-            rejected={"validation": 0, **counts.rejected},
+        stream = state.stream
+
+        async def build(fresh: Freshness) -> BaseModel:
+            try:
+                async with asyncio.timeout(settings.redis_timeout_s):
+                    counts = await day_counts(stream.client, settings.stream, day, site_id)
+            except (RedisError, OSError, TimeoutError) as exc:
+                log.warning("ingest counts unavailable", error=repr(exc))
+                raise HTTPException(503, detail="Redis unavailable, retry later") from None
+            return IngestStatsResponse(
+                site_id=site_id,
+                date=day,
+                accepted=counts.accepted,
+                dropped={"bot": 0, **counts.dropped},
+                rejected={"validation": 0, **counts.rejected},
+                **fresh.fields(end_of_day(day)),
+            )
+
+        return await answer(request, format, build)
+
+    @app.get(
+        "/sites",
+        tags=["reporting"],
+        summary="The sites with stored events (a scoped token's own)",
+        response_model=SitesResponse,
+        responses={**TOKEN_ERRORS, **CSV_ANSWER},
+    )
+    async def sites(
+        request: Request,
+        store: StoreDep,
+        format: FormatQuery = None,
+        allowed: Access = authorized,
+    ) -> Response:
+        found = await store.sites(None if allowed.sites is None else sorted(allowed.sites))
+        answer = SitesResponse(
+            sites=[
+                SiteRow(
+                    site_id=s.site_id,
+                    first_date=s.first_date,
+                    last_date=s.last_date,
+                    total_views=s.total_views,
+                )
+                for s in found
+            ]
         )
+        if wants_csv(request, format):
+            return csv_response(answer)
+        return JSONResponse(answer.model_dump(mode="json"))
 
     async def database_check(request: Request) -> None:
         await get_store(request).ping()

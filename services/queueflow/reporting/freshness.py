@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time as clock
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -29,9 +29,9 @@ class Freshness:
     as_of: datetime | None
     lag_entries: int | None
 
-    def fields(self, day: date) -> dict[str, Any]:
-        """as_of, lag_entries and complete for an answer about the UTC day `day`."""
-        period_end = datetime.combine(day + timedelta(days=1), time.min, UTC)
+    def fields(self, period_end: datetime) -> dict[str, Any]:
+        """as_of, lag_entries and complete for an answer about a period ending at
+        `period_end` (exclusive)."""
         complete = self.as_of is not None and period_end <= self.as_of
         return {"as_of": self.as_of, "lag_entries": self.lag_entries, "complete": complete}
 

@@ -1,0 +1,68 @@
+"""CSV answers (README "Reporting API", CSV): asked for by `format=csv` or `Accept: text/csv`.
+The header row is named by the JSON keys; an answer's rows (`top_paths`, `points`, `rows`,
+`sites`) become its lines, an answer of single figures one line (nested objects flattened as
+`dropped.bot`); null is an empty cell. Freshness travels in X-QueueFlow-* headers."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any, Literal
+
+from fastapi import Request
+from fastapi.responses import Response
+from pydantic import BaseModel
+
+Format = Literal["json", "csv"]
+ROW_KEYS = ("top_paths", "points", "rows", "sites")
+FRESHNESS = {"as_of": "X-QueueFlow-As-Of", "lag_entries": "X-QueueFlow-Lag"}
+MEDIA_TYPE = "text/csv; charset=utf-8"
+
+
+def wants_csv(request: Request, format: Format | None) -> bool:
+    if format is not None:
+        return format == "csv"
+    accept = request.headers.get("accept", "")
+    return any(part.split(";")[0].strip().lower() == "text/csv" for part in accept.split(","))
+
+
+def csv_response(answer: BaseModel) -> Response:
+    data = answer.model_dump(mode="json")
+    headers = {
+        header: "" if data.get(key) is None else str(data[key])
+        for key, header in FRESHNESS.items()
+        if key in data
+    }
+    if "complete" in data:
+        headers["X-QueueFlow-Complete"] = "true" if data["complete"] else "false"
+    rows_key = next((key for key in ROW_KEYS if key in data), None)
+    if rows_key is not None:
+        lines = data[rows_key]
+        columns = list(answer.model_fields[rows_key].annotation.__args__[0].model_fields)  # type: ignore[union-attr]
+    else:
+        line = _flat({k: v for k, v in data.items() if k not in FRESHNESS and k != "complete"})
+        lines, columns = [line], list(line)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(columns)
+    for line in lines:
+        writer.writerow(_cell(line.get(c)) for c in columns)
+    return Response(out.getvalue(), media_type=MEDIA_TYPE, headers=headers)
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

@@ -1,0 +1,316 @@
+"""Fuzzing reporting's HTTP API from its own OpenAPI document: whatever a client asks, no
+answer is a server error, and every answer matches the document (a documented status code, a
+documented content type, a body of the documented schema), JSON and CSV alike.
+
+Schemathesis generates requests for every operation of the document, positive and negative,
+(a) with a bearer token for every site (QUEUEFLOW_STATS_TOKENS is set), so that the routes are
+exercised past authentication, against a real PostgreSQL with a few seeded events and a real
+Redis; positive requests also run with `format=csv` fixed, so that text/csv answers are
+checked as well; (b) without an Authorization header, where every /stats* and /sites answer is
+a 401 (or a 422 for a query refused before authentication) and must conform too.
+
+The app runs under uvicorn (tests.helpers.serve) in a thread of its own, so that Hypothesis's
+synchronous tests can drive it over a real socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import pytest
+import schemathesis
+from fastapi import FastAPI
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+from schemathesis.specs.openapi.formats import unregister_string_format
+
+from queueflow.core.config import Settings
+from queueflow.core.events import Event, encode_event
+from queueflow.core.store import EventStore, create_pool, stored_event
+from queueflow.reporting.app import create_app
+from tests.helpers import serve
+
+pytestmark = pytest.mark.filterwarnings("ignore::pydantic.warnings.PydanticDeprecatedSince211")  # TEMP
+TOKEN = "fuzz-every-site-token"
+AUTHORIZATION = {"Authorization": f"Bearer {TOKEN}"}
+SITES = ["a.example", "b.example", "\u00e9\u4e2d\U0001f600.example"]
+STATS_ROUTES = [
+    "/stats",
+    "/stats/timeseries",
+    "/stats/breakdown",
+    "/stats/realtime",
+    "/stats/ingest",
+    "/sites",
+]
+PROBE_ROUTES = ["/healthz", "/readyz", "/metrics"]
+# What each kind of route may answer here: a token for every site is never refused (401,
+# 403), and Redis is up (no 503); without a token a /stats* route is a 401, or a 422 for a
+# query refused before the token is read (strict_query runs first).
+ALLOWED = {"stats": {200, 422}, "probe": {200}}
+ALLOWED_WITHOUT_TOKEN = {"stats": {401, 422}, "probe": {200}}
+CSV_HEADERS = ("x-queueflow-as-of", "x-queueflow-lag", "x-queueflow-complete")
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
+
+
+class Served:
+    """An app under uvicorn in a thread with its own event loop."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+        self.url = ""
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # reported by __enter__ / __exit__
+            self._error = exc
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        async with serve(self.app) as client:
+            self.url = str(client.base_url)
+            self._ready.set()
+            await self._stop.wait()
+
+    def __enter__(self) -> Served:
+        self._thread.start()
+        self._ready.wait(30)
+        if self._error is not None or not self.url:
+            raise RuntimeError("reporting did not start") from self._error
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        assert self._loop is not None and self._stop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
+        if self._error is not None:
+            raise self._error
+
+
+@pytest.fixture
+async def seeded(database_url: str) -> None:
+    """A few events of three sites: today (some in the last minute, for /stats/realtime),
+    yesterday and a month ago, of two types, with and without a referrer."""
+    now = datetime.now(UTC)
+    rows = [
+        (site, kind, path, user, when, referrer)
+        for site in SITES
+        for kind, path, user, when, referrer in [
+            ("page_view", "/", "u1", now - timedelta(seconds=30), None),
+            ("page_view", "/", "u2", now - timedelta(seconds=10), "https://ref.example/"),
+            ("page_view", "/pricing", "u1", now - timedelta(hours=2), "https://ref.example/"),
+            ("click", "/pricing", "u3", now - timedelta(hours=3), None),
+            ("page_view", "/docs", "u2", now - timedelta(days=1), None),
+            ("page_view", "/\u00e9t\u00e9", "u4", now - timedelta(days=30), "\u4e2d"),
+        ]
+    ]
+    pool = await create_pool(database_url, max_size=1)
+    try:
+        await EventStore(pool).save_batch(
+            [
+                stored_event(
+                    encode_event(
+                        Event(site, kind, path, user, ts, event_id=f"e{i}", referrer=referrer)
+                    ),
+                    int(time.time() * 1000),
+                )
+                for i, (site, kind, path, user, ts, referrer) in enumerate(rows)
+            ]
+        )
+    finally:
+        await pool.close()
+
+
+@pytest.fixture
+def reporting(settings: Settings, seeded: None) -> Iterator[Served]:
+    locked = settings.model_copy(update={"stats_tokens": TOKEN})
+    with Served(create_app(locked)) as served:
+        yield served
+
+
+@pytest.fixture
+def recent_dates() -> Iterator[None]:
+    """Schemathesis's `date` strings, mostly within a few days of today (where the seeded
+    events are, and so that a drawn `from` and `to` often make a range reporting answers),
+    sometimes anywhere in years 1-9999 (ranges too long, or reversed, and the calendar's
+    ends)."""
+    today = datetime.now(UTC).date()
+    recent = st.integers(-35, 2).map(lambda days: (today + timedelta(days=days)).isoformat())
+    ends = st.sampled_from([date.min, date.max, date(1970, 1, 1)]).map(date.isoformat)
+    anywhere = st.dates().map(date.isoformat)
+    schemathesis.openapi.format("date", st.one_of(recent, recent, recent, ends, anywhere))
+    yield
+    unregister_string_format("date")
+
+
+@dataclass
+class Tally:
+    """What a fuzz run did: examples and statuses per route."""
+
+    statuses: dict[str, dict[Any, int]] = field(default_factory=dict)
+
+    def add(self, route: str, status: Any) -> None:
+        counts = self.statuses.setdefault(route, {})
+        counts[status] = counts.get(status, 0) + 1
+
+    def report(self, name: str) -> str:
+        routes = {r: dict(sorted(c.items(), key=str)) for r, c in sorted(self.statuses.items())}
+        return f"{name}: statuses per route and mode {routes}"
+
+
+SCHEMATHESIS_EXAMPLES = 80  # per route and generation mode, with the token
+CSV_EXAMPLES = 40  # per route, positive, format=csv, with the token
+UNAUTHENTICATED_EXAMPLES = 25  # per route and generation mode, without a token
+
+
+def kind(route: str) -> str:
+    return "probe" if route in PROBE_ROUTES else "stats"
+
+
+def run_schemathesis(
+    operation: Any,
+    mode: Any,
+    base_url: str,
+    tally: Tally,
+    label: str,
+    allowed: set[int],
+    examples: int,
+    headers: dict[str, str] | None,
+    query: dict[str, str] | None = None,
+) -> None:
+    positive = mode == schemathesis.GenerationMode.POSITIVE
+    strategy = operation.as_strategy(generation_mode=mode, headers=headers, query=query)
+
+    @given(case=strategy, site=st.sampled_from([None, *SITES]))
+    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck))
+    def call(case: Any, site: str | None) -> None:
+        if headers is None and case.headers:
+            case.headers.pop("Authorization", None)  # no token at all, not a drawn one
+        if positive and site is not None and case.query and "site_id" in case.query:
+            case.query["site_id"] = site  # a site with data, not only the empty ones drawn
+        response = case.call_and_validate(base_url=base_url, headers=headers, checks=CHECKS)
+        media = response.headers.get("content-type", [""])[0].split(";")[0]
+        tally.add(label, (response.status_code, media))
+        assert response.status_code in allowed, (response.status_code, response.text[:300])
+        if headers is None and kind(operation.path) == "stats":
+            assert response.status_code != 200, "answered without a token"
+        if media == "text/csv":
+            assert response.status_code == 200
+            assert all(h in response.headers for h in CSV_HEADERS) or (
+                operation.path == "/sites"
+            ), response.headers
+            rows = list(csv.reader(io.StringIO(response.text)))
+            assert rows and rows[0] and all(rows[0]), response.text[:300]
+
+    call()
+
+
+def modes_of(operation: Any) -> list[Any]:
+    """Negative cases need something to negate: a route without parameters has none."""
+    if not operation.query:
+        return [schemathesis.GenerationMode.POSITIVE]
+    return [schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE]
+
+
+def test_the_document_lists_the_fuzzed_routes(reporting: Served) -> None:
+    schema = schemathesis.openapi.from_url(f"{reporting.url}/openapi.json")
+    assert sorted(schema.raw_schema["paths"]) == sorted(STATS_ROUTES + PROBE_ROUTES)
+    for route in STATS_ROUTES:
+        assert "text/csv" in schema.raw_schema["paths"][route]["get"]["responses"]["200"][
+            "content"
+        ], route
+
+
+@pytest.mark.parametrize("route", STATS_ROUTES + PROBE_ROUTES)
+def test_schemathesis_finds_no_server_error_with_a_token(
+    reporting: Served, recent_dates: None, route: str
+) -> None:
+    schema = schemathesis.openapi.from_url(f"{reporting.url}/openapi.json")
+    operation = schema[route]["GET"]
+    tally = Tally()
+    allowed = ALLOWED[kind(route)]
+    try:
+        for mode in modes_of(operation):
+            run_schemathesis(
+                operation,
+                mode,
+                reporting.url,
+                tally,
+                f"{route} {mode.value}",
+                allowed,
+                SCHEMATHESIS_EXAMPLES,
+                AUTHORIZATION,
+            )
+        if kind(route) == "stats":
+            run_schemathesis(
+                operation,
+                schemathesis.GenerationMode.POSITIVE,
+                reporting.url,
+                tally,
+                f"{route} csv",
+                allowed,
+                CSV_EXAMPLES,
+                AUTHORIZATION,
+                {"format": "csv"},
+            )
+    finally:
+        print(tally.report("schemathesis"))
+    # Positive cases get answered, as JSON and (format=csv) as CSV.
+    assert tally.statuses[f"{route} positive"].get((200, "application/json"), 0) > 0 or (
+        route == "/metrics"
+    )
+    if kind(route) == "stats":
+        assert tally.statuses[f"{route} csv"].get((200, "text/csv"), 0) > 0
+        assert sum(tally.statuses[f"{route} negative"].values()) > 0
+
+
+@pytest.mark.parametrize("route", STATS_ROUTES + PROBE_ROUTES)
+def test_schemathesis_without_a_token_gets_documented_401s(
+    reporting: Served, recent_dates: None, route: str
+) -> None:
+    schema = schemathesis.openapi.from_url(f"{reporting.url}/openapi.json")
+    operation = schema[route]["GET"]
+    tally = Tally()
+    try:
+        for mode in modes_of(operation):
+            run_schemathesis(
+                operation,
+                mode,
+                reporting.url,
+                tally,
+                f"{route} {mode.value}",
+                ALLOWED_WITHOUT_TOKEN[kind(route)],
+                UNAUTHENTICATED_EXAMPLES,
+                None,
+            )
+    finally:
+        print(tally.report("schemathesis, no token"))
+    if kind(route) == "stats":
+        assert tally.statuses[f"{route} positive"].get((401, "application/json"), 0) > 0
