@@ -110,9 +110,12 @@ async def _raw_events(database_url: str, days: int, per_day: int, now: datetime)
 async def _aggregates(database_url: str, since: datetime, until: datetime) -> None:
     from queueflow.core.store import EventStore, create_pool
 
-    pool = await create_pool(database_url, max_size=1)
+    pool = await create_pool(database_url, max_size=1, command_timeout=None)
     try:
-        await EventStore(pool).rebuild_aggregates(since.date(), until.date(), None)
+        day = since.date()
+        while day <= until.date():  # a day at a time: bounded memory, as fast
+            await EventStore(pool).rebuild_aggregates(day, day, None)
+            day += timedelta(days=1)
         async with pool.acquire() as conn:
             for table in (*NEW_TABLES, "daily_site_stats"):
                 await conn.execute(f"VACUUM ANALYZE {table}")

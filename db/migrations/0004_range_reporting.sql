@@ -31,15 +31,18 @@ CREATE TABLE hourly_site_stats (
 );
 
 -- Events per value and day: page views per path and per referrer (NULL: none), events of
--- every type per event_type.
+-- every type per event_type. A value is keyed as (value IS NULL, coalesce(value, '')): a
+-- missing referrer is a value of its own, distinct from an empty one, and every lookup by
+-- value (the workers' upserts, a breakdown row's bitmaps) is an index lookup.
 CREATE TABLE daily_value_counts (
     site_id   text   NOT NULL,
     dimension text   NOT NULL CHECK (dimension IN ('path', 'referrer', 'event_type')),
     date      date   NOT NULL,
     value     text,
-    events    bigint NOT NULL,
-    UNIQUE NULLS NOT DISTINCT (site_id, dimension, date, value)
+    events    bigint NOT NULL
 );
+CREATE UNIQUE INDEX daily_value_counts_key
+    ON daily_value_counts (site_id, dimension, date, (value IS NULL), coalesce(value, ''));
 
 -- The users seen in a bucket: bit (user_number % 1024) of the bucket's row for chunk
 -- user_number / 1024. A range's users are the OR of its buckets' rows, chunk by chunk.
@@ -64,9 +67,10 @@ CREATE TABLE daily_value_user_bits (
     value     text,
     date      date      NOT NULL,
     chunk     bigint    NOT NULL,
-    users     bit(1024) NOT NULL,
-    UNIQUE NULLS NOT DISTINCT (site_id, dimension, value, date, chunk)
+    users     bit(1024) NOT NULL
 );
+CREATE UNIQUE INDEX daily_value_user_bits_key ON daily_value_user_bits
+    (site_id, dimension, (value IS NULL), coalesce(value, ''), date, chunk);
 
 INSERT INTO site_users (site_id, user_id)
 SELECT site_id, user_id FROM events GROUP BY site_id, user_id ORDER BY min(occurred_at), 1, 2;

@@ -16,7 +16,7 @@ async def verify(
     settings: Settings, first: date, last: date, site_id: str | None, repair: bool
 ) -> int:
     """Exit 0 when the aggregates equal a recount from the raw events (or were repaired)."""
-    pool = await create_pool(settings.database_dsn(), max_size=1)
+    pool = await create_pool(settings.database_dsn(), max_size=1, command_timeout=None)
     try:
         store = EventStore(pool)
         audit = await store.audit(first, last, site_id)

@@ -53,11 +53,12 @@ def workload() -> list[Ev]:
         for day in DAYS:
             if day in EMPTY_DAYS[site]:
                 continue
-            for _ in range(rng.randint(40, 90)):
+            for _ in range(rng.randint(60, 120)):
                 at = datetime.combine(day, time(rng.choice(HOURS), rng.randrange(60)), UTC)
                 at += timedelta(seconds=rng.randrange(60))
                 kind = "click" if day in CLICKS_ONLY.get(site, ()) else rng.choice(TYPES)
-                user = f"u{rng.randrange(30)}"  # the same users come back day after day
+                # Regulars come back day after day; passers-by are mostly seen once.
+                user = f"u{rng.randrange(20)}" if rng.random() < 0.3 else f"v{rng.randrange(9999)}"
                 ev = Ev(site, kind, rng.choice(PATHS), user, at, rng.choice(REFERRERS), f"e{n}")
                 n += 1
                 sent.append(ev)
@@ -178,7 +179,8 @@ async def events(database_url: str) -> list[Ev]:
     sent = workload()
     rng = random.Random(7)
     unique = dedup(sent)
-    assert len(sent) > len(unique) > 800
+    assert len(sent) > len(unique) > 1500
+    assert len({(e.site, e.user) for e in unique}) > 1024  # users in a second bitmap chunk
     assert await save(database_url, [sent, rng.sample(unique, 40)]) == [len(unique), 0]
     return unique
 
@@ -228,8 +230,8 @@ async def test_range_totals_count_each_user_once(client, events) -> None:
             "to": last.isoformat(),
             **recount_totals(events, site, first, last, limit),
         }
-    days = recount_series(events, "a.example", FIRST, LAST, hourly=False)
-    whole = recount_totals(events, "a.example", FIRST, LAST, 10)["unique_users"]
+    whole = (await get(client, "/stats", site_id="a.example", **span()))["unique_users"]
+    days = (await get(client, "/stats/timeseries", site_id="a.example", **span()))["points"]
     assert sum(p["unique_users"] for p in days) > whole  # a sum of days would be wrong
     top = await get(client, "/stats", site_id=TIES, **span())
     assert [p["path"] for p in top["top_paths"]] == ["/Zeta", "/alpha", "/zeta"]  # byte order
@@ -357,61 +359,6 @@ async def test_sites_in_byte_order_and_per_token(settings: Settings, events) -> 
     assert recount_sites(events)[2]["last_date"] == LAST.isoformat()  # a day of clicks only
 
 
-ROUTES = [
-    ("/stats", span(site_id="a.example", limit=3), "top_paths"),
-    ("/stats", {"site_id": "a.example", "date": DAYS[0].isoformat()}, "top_paths"),
-    ("/stats/timeseries", span(site_id="a.example", interval="hour"), "points"),
-    ("/stats/timeseries", span(site_id="b.example"), "points"),
-    ("/stats/breakdown", span(site_id=TIES, by="referrer"), "rows"),
-    ("/stats/breakdown", span(site_id="a.example", by="event_type"), "rows"),
-    ("/stats/realtime", {"site_id": "a.example"}, None),
-    ("/stats/ingest", {"site_id": "a.example", "date": DAYS[0].isoformat()}, None),
-    ("/sites", {}, "sites"),
-]
-
-
-def as_cell(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return "" if value is None else str(value)
-
-
-def flat(data: dict, prefix: str = "") -> dict:
-    found: dict = {}
-    for key, value in data.items():
-        found.update(flat(value, f"{key}.") if isinstance(value, dict) else {prefix + key: value})
-    return found
-
-
-@pytest.mark.parametrize(("path", "params", "rows"), ROUTES)
-async def test_csv_is_the_json_answer(client, events, path: str, params: dict, rows) -> None:
-    for _ in range(10):  # the JSON read before and after: the same freshness, so the CSV's too
-        before = await get(client, path, **params)
-        by_format = await client.get(path, params={**params, "format": "csv"})
-        by_accept = await client.get(path, params=params, headers={"accept": "text/csv"})
-        if before == await get(client, path, **params):
-            break
-    for response in (by_format, by_accept):
-        assert response.status_code == 200
-        assert response.headers["content-type"] == "text/csv; charset=utf-8"
-        table = list(csv.reader(io.StringIO(response.text, newline="")))
-        answer = dict(before)
-        if "complete" in answer:
-            assert response.headers["x-queueflow-as-of"] == as_cell(answer["as_of"])
-            assert response.headers["x-queueflow-lag"] == as_cell(answer["lag_entries"])
-            assert response.headers["x-queueflow-complete"] == as_cell(answer["complete"])
-            fresh(answer)
-        lines = answer[rows] if rows else [flat(answer)]
-        assert lines, path  # every route here has something to say
-        assert table == [list(lines[0]), *([as_cell(v) for v in line.values()] for line in lines)]
-    if params.get("by") == "referrer":
-        assert table[-1][0] == ""  # the null referrer, an empty cell
-    json_anyway = await client.get(
-        path, params={**params, "format": "json"}, headers={"accept": "text/csv"}
-    )
-    assert json_anyway.headers["content-type"] == "application/json"
-
-
 STATS_ROUTES = [
     ("/stats", {}),
     ("/stats", span()),
@@ -442,25 +389,26 @@ async def test_tokens_guard_every_stats_route(settings: Settings, events) -> Non
         assert (await client.get("/sites")).status_code == 401
 
 
-@pytest.mark.parametrize(
-    ("path", "params", "name"),
-    [
-        ("/stats", span(DAYS[3], DAYS[2]), "from"),
-        ("/stats/timeseries", span(DAYS[3], DAYS[2]), "from"),
-        ("/stats/breakdown", span(DAYS[3], DAYS[2], by="path"), "from"),
-        ("/stats/breakdown", span(by="browser"), "by"),
-        ("/stats/breakdown", span(), "by"),  # by is required
-        ("/stats/breakdown", span(by="path", bogus="1"), "bogus"),
-        ("/stats/timeseries", span(interval="week"), "interval"),
-        ("/stats", span(fromm="2026-11-10"), "fromm"),
-        ("/stats", {"date": DAYS[0].isoformat(), "from": DAYS[0].isoformat()}, "date"),
-        ("/stats", span(DAYS[0], date(2027, 11, 30)), "to"),  # 386 days > 366
-    ],
-)
-async def test_bad_parameters_are_422_naming_them(client, path: str, params: dict, name) -> None:
-    response = await client.get(path, params={"site_id": "a.example", **params})
-    assert response.status_code == 422, response.text
-    assert ["query", name] in [e["loc"] for e in response.json()["detail"]]
+BAD = [
+    ("/stats", span(DAYS[3], DAYS[2]), "from"),
+    ("/stats/timeseries", span(DAYS[3], DAYS[2]), "from"),
+    ("/stats/breakdown", span(DAYS[3], DAYS[2], by="path"), "from"),
+    ("/stats/breakdown", span(by="browser"), "by"),
+    ("/stats/breakdown", span(), "by"),  # by is required
+    ("/stats/breakdown", span(by="path", bogus="1"), "bogus"),
+    ("/stats/timeseries", span(interval="week"), "interval"),
+    ("/stats", span(fromm="2026-11-10"), "fromm"),
+    ("/stats", {"date": DAYS[0].isoformat(), "from": DAYS[0].isoformat()}, "date"),
+    ("/stats", span(DAYS[0], date(2027, 11, 30)), "to"),  # 386 days > 366
+    ("/stats/breakdown", span(DAYS[0], date(2027, 11, 30), by="path"), "to"),
+]
+
+
+async def test_bad_parameters_are_422_naming_them(client) -> None:
+    for path, params, name in BAD:
+        response = await client.get(path, params={"site_id": "a.example", **params})
+        assert response.status_code == 422, (path, params, response.text)
+        assert ["query", name] in [e["loc"] for e in response.json()["detail"]], (path, params)
 
 
 async def test_the_longest_range_is_a_setting(settings: Settings) -> None:
@@ -495,3 +443,85 @@ async def test_every_answer_says_how_fresh_it_is(client, events) -> None:
         assert until_today["complete"] is False, path  # today is not over
         as_of = datetime.fromisoformat(until_today["as_of"])
         assert abs(as_of - datetime.now(UTC)) < timedelta(seconds=30)
+
+
+ROUTES = [
+    ("/stats", span(site_id="a.example", limit=3), "top_paths"),
+    ("/stats", {"site_id": "a.example", "date": DAYS[0].isoformat()}, "top_paths"),
+    ("/stats/timeseries", span(site_id="a.example", interval="hour"), "points"),
+    ("/stats/timeseries", span(site_id="b.example"), "points"),
+    ("/stats/breakdown", span(site_id=TIES, by="referrer"), "rows"),
+    ("/stats/breakdown", span(site_id="a.example", by="event_type"), "rows"),
+    ("/stats/realtime", {"site_id": "a.example"}, None),
+    ("/stats/ingest", {"site_id": "a.example", "date": DAYS[0].isoformat()}, None),
+    ("/sites", {}, "sites"),
+]
+
+
+def as_cell(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else str(value)
+
+
+def flat(data: dict, prefix: str = "") -> dict:
+    found: dict = {}
+    for key, value in data.items():
+        found.update(flat(value, f"{key}.") if isinstance(value, dict) else {prefix + key: value})
+    return found
+
+
+@pytest.mark.parametrize(("path", "params", "rows"), ROUTES)
+async def test_csv_is_the_json_answer(client, events, path: str, params: dict, rows) -> None:
+    for _ in range(10):  # the JSON read before and after: the same freshness, so the CSV's too
+        before = await get(client, path, **params)
+        by_format = await client.get(path, params={**params, "format": "csv"})
+        by_accept = await client.get(path, params=params, headers={"accept": "text/csv"})
+        assert (by_format.status_code, by_accept.status_code) == (200, 200), by_format.text
+        if before == await get(client, path, **params):
+            break
+    for response in (by_format, by_accept):
+        assert response.headers["content-type"] == "text/csv; charset=utf-8"
+        table = list(csv.reader(io.StringIO(response.text, newline="")))
+        answer = dict(before)
+        if "complete" in answer:
+            assert response.headers["x-queueflow-as-of"] == as_cell(answer["as_of"])
+            assert response.headers["x-queueflow-lag"] == as_cell(answer["lag_entries"])
+            assert response.headers["x-queueflow-complete"] == as_cell(answer["complete"])
+            fresh(answer)
+        lines = answer[rows] if rows else [flat(answer)]
+        assert lines, path  # every route here has something to say
+        assert table == [list(lines[0]), *([as_cell(v) for v in line.values()] for line in lines)]
+    if params.get("by") == "referrer":
+        assert table[-1][0] == ""  # the null referrer, an empty cell
+    json_anyway = await client.get(
+        path, params={**params, "format": "json"}, headers={"accept": "text/csv"}
+    )
+    assert json_anyway.headers["content-type"] == "application/json"
+
+
+async def test_cors_only_for_the_listed_origins(settings: Settings) -> None:
+    preflight = {
+        "Origin": "https://dash.example",
+        "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "authorization",
+    }
+    async with serve(create_app(settings)) as closed:
+        assert (
+            "access-control-allow-origin"
+            not in (await closed.options("/sites", headers=preflight)).headers
+        )
+        answer = await closed.get("/sites", headers={"Origin": "https://dash.example"})
+        assert answer.status_code == 200 and "access-control-allow-origin" not in answer.headers
+    listed = settings.model_copy(update={"reporting_cors_origins": "https://dash.example"})
+    async with serve(create_app(listed)) as client:
+        allowed = await client.options("/stats", headers=preflight)
+        assert allowed.status_code == 200
+        assert allowed.headers["access-control-allow-origin"] == "https://dash.example"
+        assert "authorization" in allowed.headers["access-control-allow-headers"].lower()
+        assert allowed.headers["access-control-max-age"] == "86400"
+        answer = await client.get("/sites", headers={"Origin": "https://dash.example"})
+        assert answer.headers["access-control-allow-origin"] == "https://dash.example"
+        assert "x-queueflow-as-of" in answer.headers["access-control-expose-headers"].lower()
+        other = await client.get("/sites", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers

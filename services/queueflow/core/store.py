@@ -25,7 +25,8 @@ log = structlog.get_logger(__name__)
 # (site_id, event_id), then fold only the rows actually inserted into every aggregate, so a
 # committed batch is visible to every route at once. Every write is ordered by its key so that
 # concurrent workers take row locks in the same order and cannot deadlock each other. A bitmap
-# row is rewritten only when the batch adds a user to it.
+# row is written (and locked) only when the batch adds a user to it: bits are only ever set,
+# so one that the statement's snapshot already holds is still set when it commits.
 # The batch arrives as one JSON array of the events as the stream holds them (see
 # stored_event): PostgreSQL reads it faster than asyncpg encodes nine arrays of Python values,
 # and the worker builds no row objects (bench/README.md, "Findings").
@@ -94,31 +95,46 @@ value_counts AS (
         UNION ALL SELECT site_id, 'referrer', date, referrer FROM inserted WHERE viewed
         UNION ALL SELECT site_id, 'event_type', date, event_type FROM inserted
     ) v GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
-    ON CONFLICT (site_id, dimension, date, value) DO UPDATE SET events = c.events + excluded.events
+    ON CONFLICT (site_id, dimension, date, (value IS NULL), coalesce(value, ''))
+        DO UPDATE SET events = c.events + excluded.events
 ),
 day_users AS (
     INSERT INTO daily_user_bits AS b (site_id, date, chunk, users)
-    SELECT site_id, date, chunk, bit_or(bit) FROM numbered GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    SELECT n.* FROM (
+        SELECT site_id, date, chunk, bit_or(bit) AS users FROM numbered GROUP BY 1, 2, 3
+    ) n LEFT JOIN daily_user_bits o USING (site_id, date, chunk)
+    WHERE o.users IS NULL OR o.users | n.users <> o.users
+    ORDER BY 1, 2, 3
     ON CONFLICT (site_id, date, chunk) DO UPDATE SET users = b.users | excluded.users
-    WHERE b.users | excluded.users <> b.users
 ),
 hour_users AS (
     INSERT INTO hourly_user_bits AS b (site_id, hour, chunk, users)
-    SELECT site_id, hour, chunk, bit_or(bit) FROM numbered GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    SELECT n.* FROM (
+        SELECT site_id, hour, chunk, bit_or(bit) AS users FROM numbered GROUP BY 1, 2, 3
+    ) n LEFT JOIN hourly_user_bits o USING (site_id, hour, chunk)
+    WHERE o.users IS NULL OR o.users | n.users <> o.users
+    ORDER BY 1, 2, 3
     ON CONFLICT (site_id, hour, chunk) DO UPDATE SET users = b.users | excluded.users
-    WHERE b.users | excluded.users <> b.users
 ),
 value_users AS (
     INSERT INTO daily_value_user_bits AS b (site_id, dimension, value, date, chunk, users)
-    SELECT site_id, dimension, value, date, chunk, bit_or(bit) FROM (
-        SELECT site_id, 'path' AS dimension, path AS value, date, chunk, bit
-        FROM numbered WHERE viewed
-        UNION ALL SELECT site_id, 'referrer', referrer, date, chunk, bit FROM numbered WHERE viewed
-        UNION ALL SELECT site_id, 'event_type', event_type, date, chunk, bit FROM numbered
-    ) v GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
-    ON CONFLICT (site_id, dimension, value, date, chunk) DO UPDATE
-        SET users = b.users | excluded.users
-    WHERE b.users | excluded.users <> b.users
+    SELECT n.* FROM (
+        SELECT site_id, dimension, value, date, chunk, bit_or(bit) AS users FROM (
+            SELECT site_id, 'path' AS dimension, path AS value, date, chunk, bit
+            FROM numbered WHERE viewed
+            UNION ALL
+            SELECT site_id, 'referrer', referrer, date, chunk, bit FROM numbered WHERE viewed
+            UNION ALL
+            SELECT site_id, 'event_type', event_type, date, chunk, bit FROM numbered
+        ) v GROUP BY 1, 2, 3, 4, 5
+    ) n LEFT JOIN daily_value_user_bits o
+        ON o.site_id = n.site_id AND o.dimension = n.dimension
+       AND (o.value IS NULL) = (n.value IS NULL) AND coalesce(o.value, '') = coalesce(n.value, '')
+       AND o.date = n.date AND o.chunk = n.chunk
+    WHERE o.users IS NULL OR o.users | n.users <> o.users
+    ORDER BY 1, 2, 3, 4, 5
+    ON CONFLICT (site_id, dimension, (value IS NULL), coalesce(value, ''), date, chunk)
+        DO UPDATE SET users = b.users | excluded.users
 )
 SELECT count(*) FROM inserted
 """
@@ -146,14 +162,15 @@ SELECT value, sum(events)::bigint AS events FROM daily_value_counts
 WHERE {SITE_DAYS} AND dimension = $4
 GROUP BY value ORDER BY events DESC, value COLLATE "C" NULLS LAST LIMIT $5
 """
-# Each row's users from its own bitmaps: two index lookups per row (one for a NULL value),
-# never the dimension's other values.
+# Each row's users from its own bitmaps, through daily_value_user_bits_key: never the
+# dimension's other values.
 BREAKDOWN = f"""
 SELECT t.value, t.events, (
     SELECT coalesce(sum(bit_count(u.users)), 0)::bigint FROM (
         SELECT bit_or(b.users) AS users FROM daily_value_user_bits b
         WHERE b.site_id = $1 AND b.dimension = $4 AND b.date BETWEEN $2 AND $3
-          AND (b.value = t.value OR (t.value IS NULL AND b.value IS NULL))
+          AND (b.value IS NULL) = (t.value IS NULL)
+          AND coalesce(b.value, '') = coalesce(t.value, '')
         GROUP BY b.chunk
     ) u
 ) AS users
@@ -236,29 +253,38 @@ WHERE {EVENTS} AND event_type = 'page_view' GROUP BY 1, 3, 4
 UNION ALL
 SELECT site_id, 'event_type', date, event_type, count(*) FROM events WHERE {EVENTS} GROUP BY 1, 3, 4
 """
+# The range's events with their users' numbers: what the bitmaps are recounted from.
 NUMBERED_EVENTS = f"""
 SELECT e.site_id, e.date, date_trunc('hour', e.occurred_at, 'UTC') AS hour, e.event_type,
-       e.path, e.referrer, u.user_number >> 10 AS chunk,
-       B'1'::bit(1024) >> (u.user_number & 1023)::int AS bit
+       e.path, e.referrer, u.user_number
 FROM (SELECT * FROM events WHERE {EVENTS}) e JOIN site_users u USING (site_id, user_id)
 """
-BITS_FROM_EVENTS = {
-    "daily_user_bits": f"""
-        SELECT site_id, date, chunk, bit_or(bit) AS users FROM ({NUMBERED_EVENTS}) n
-        GROUP BY 1, 2, 3""",
-    "hourly_user_bits": f"""
-        SELECT site_id, hour, chunk, bit_or(bit) AS users FROM ({NUMBERED_EVENTS}) n
-        GROUP BY 1, 2, 3""",
-    "daily_value_user_bits": f"""
-        SELECT site_id, 'path' AS dimension, path AS value, date, chunk, bit_or(bit) AS users
-        FROM ({NUMBERED_EVENTS}) n WHERE event_type = 'page_view' GROUP BY 1, 3, 4, 5
-        UNION ALL
-        SELECT site_id, 'referrer', referrer, date, chunk, bit_or(bit)
-        FROM ({NUMBERED_EVENTS}) n WHERE event_type = 'page_view' GROUP BY 1, 3, 4, 5
-        UNION ALL
-        SELECT site_id, 'event_type', event_type, date, chunk, bit_or(bit)
-        FROM ({NUMBERED_EVENTS}) n GROUP BY 1, 3, 4, 5""",
-}
+BIT = "B'1'::bit(1024) >> (user_number & 1023)::int"
+
+
+def _bits_from(numbered: str) -> dict[str, str]:
+    """Each bitmap table's rows recounted from `numbered` (rows of NUMBERED_EVENTS)."""
+    return {
+        "daily_user_bits": f"""
+            SELECT site_id, date, user_number >> 10 AS chunk, bit_or({BIT}) AS users
+            FROM {numbered} n GROUP BY 1, 2, 3""",
+        "hourly_user_bits": f"""
+            SELECT site_id, hour, user_number >> 10 AS chunk, bit_or({BIT}) AS users
+            FROM {numbered} n GROUP BY 1, 2, 3""",
+        "daily_value_user_bits": f"""
+            SELECT site_id, 'path' AS dimension, path AS value, date,
+                   user_number >> 10 AS chunk, bit_or({BIT}) AS users
+            FROM {numbered} n WHERE event_type = 'page_view' GROUP BY 1, 3, 4, 5
+            UNION ALL
+            SELECT site_id, 'referrer', referrer, date, user_number >> 10, bit_or({BIT})
+            FROM {numbered} n WHERE event_type = 'page_view' GROUP BY 1, 3, 4, 5
+            UNION ALL
+            SELECT site_id, 'event_type', event_type, date, user_number >> 10, bit_or({BIT})
+            FROM {numbered} n GROUP BY 1, 3, 4, 5""",
+    }
+
+
+BITS_FROM_EVENTS = _bits_from(f"({NUMBERED_EVENTS})")
 BITS_KEYS = {
     "daily_user_bits": ("site_id, date, chunk", DAYS),
     "hourly_user_bits": ("site_id, hour, chunk", HOURS),
@@ -341,9 +367,11 @@ REBUILD = [
     f"DELETE FROM daily_value_counts WHERE {DAYS}",
     "INSERT INTO daily_value_counts (site_id, dimension, date, value, events) "
     + VALUES_FROM_EVENTS,
+    # Joined once, read by the three bitmap recounts.
+    f"CREATE TEMPORARY TABLE rebuilt_users ON COMMIT DROP AS {NUMBERED_EVENTS}",
     *(
         statement
-        for table, recount in BITS_FROM_EVENTS.items()
+        for table, recount in _bits_from("rebuilt_users").items()
         for statement in (
             f"DELETE FROM {table} WHERE {BITS_KEYS[table][1]}",
             f"INSERT INTO {table} ({BITS_KEYS[table][0]}, users) {recount}",
@@ -415,10 +443,15 @@ class Site:
     total_views: int
 
 
-async def create_pool(dsn: str, *, max_size: int) -> asyncpg.Pool:
+async def create_pool(
+    dsn: str, *, max_size: int, command_timeout: float | None = 60
+) -> asyncpg.Pool:
     """A pool that connects on first use, so a service starts (and reports not ready) while
-    PostgreSQL is down instead of crash-looping."""
-    return await asyncpg.create_pool(dsn, min_size=0, max_size=max_size, command_timeout=60)
+    PostgreSQL is down instead of crash-looping. Services bound each statement; an operator
+    command recounting a long range may take longer (command_timeout None)."""
+    return await asyncpg.create_pool(
+        dsn, min_size=0, max_size=max_size, command_timeout=command_timeout
+    )
 
 
 async def connect(dsn: str, *, attempts: int = 15, delay_s: float = 1.0) -> asyncpg.Connection:

@@ -67,6 +67,23 @@ class IngestStatsResponse(FreshAnswer):
         description="Events refused, by reason (validation), where their site_id could be read"
     )
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "as_of": "2026-12-01T14:03:12.201000Z",
+                    "lag_entries": 12,
+                    "complete": True,
+                    "site_id": "example.com",
+                    "date": "2026-11-30",
+                    "accepted": 5120,
+                    "dropped": {"bot": 311},
+                    "rejected": {"validation": 4},
+                }
+            ]
+        }
+    )
+
 
 class DailyStatsResponse(FreshAnswer):
     site_id: str
@@ -74,6 +91,23 @@ class DailyStatsResponse(FreshAnswer):
     total_views: int
     unique_users: int = Field(description="Distinct user ids among all of the day's events")
     top_paths: list[PathViews]
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "as_of": "2026-12-01T14:03:12.201000Z",
+                    "lag_entries": 12,
+                    "complete": True,
+                    "site_id": "example.com",
+                    "date": "2026-11-30",
+                    "total_views": 1520,
+                    "unique_users": 311,
+                    "top_paths": [{"path": "/", "views": 700}],
+                }
+            ]
+        }
+    )
 
 
 class RangeAnswer(FreshAnswer):
@@ -91,6 +125,26 @@ class RangeStatsResponse(RangeAnswer):
     )
     top_paths: list[PathViews]
 
+    model_config = ConfigDict(
+        populate_by_name=True,
+        serialize_by_alias=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "as_of": "2026-12-01T14:03:12.201000Z",
+                    "lag_entries": 12,
+                    "complete": True,
+                    "site_id": "example.com",
+                    "from": "2026-11-24",
+                    "to": "2026-11-30",
+                    "total_views": 2563,
+                    "unique_users": 484,
+                    "top_paths": [{"path": "/", "views": 1017}],
+                }
+            ]
+        },
+    )
+
 
 class Point(BaseModel):
     start: datetime = Field(description="The bucket's first instant, UTC")
@@ -101,6 +155,28 @@ class Point(BaseModel):
 class TimeseriesResponse(RangeAnswer):
     interval: Interval
     points: list[Point]
+
+    model_config = ConfigDict(
+        populate_by_name=True,
+        serialize_by_alias=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "as_of": "2026-12-01T14:03:12.201000Z",
+                    "lag_entries": 12,
+                    "complete": True,
+                    "site_id": "example.com",
+                    "from": "2026-11-29",
+                    "to": "2026-11-30",
+                    "interval": "day",
+                    "points": [
+                        {"start": "2026-11-29T00:00:00Z", "views": 385, "unique_users": 186},
+                        {"start": "2026-11-30T00:00:00Z", "views": 0, "unique_users": 0},
+                    ],
+                }
+            ]
+        },
+    )
 
 
 class BreakdownRow(BaseModel):
@@ -113,12 +189,50 @@ class BreakdownResponse(RangeAnswer):
     by: Dimension
     rows: list[BreakdownRow]
 
+    model_config = ConfigDict(
+        populate_by_name=True,
+        serialize_by_alias=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "as_of": "2026-12-01T14:03:12.201000Z",
+                    "lag_entries": 12,
+                    "complete": True,
+                    "site_id": "example.com",
+                    "from": "2026-11-24",
+                    "to": "2026-11-30",
+                    "by": "referrer",
+                    "rows": [
+                        {"value": None, "events": 1026, "unique_users": 300},
+                        {"value": "https://www.google.com/", "events": 516, "unique_users": 184},
+                    ],
+                }
+            ]
+        },
+    )
+
 
 class RealtimeResponse(FreshAnswer):
     site_id: str
     minutes: int
     views: int = Field(description="Page views with a timestamp in the last `minutes`")
     unique_users: int = Field(description="Distinct user ids among those minutes' events")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "as_of": "2026-12-01T14:03:12.201000Z",
+                    "lag_entries": 12,
+                    "complete": False,
+                    "site_id": "example.com",
+                    "minutes": 5,
+                    "views": 26,
+                    "unique_users": 28,
+                }
+            ]
+        }
+    )
 
 
 class SiteRow(BaseModel):
@@ -130,6 +244,23 @@ class SiteRow(BaseModel):
 
 class SitesResponse(BaseModel):
     sites: list[SiteRow]
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "sites": [
+                        {
+                            "site_id": "example.com",
+                            "first_date": "2026-11-24",
+                            "last_date": "2026-12-01",
+                            "total_views": 2696,
+                        }
+                    ]
+                }
+            ]
+        }
+    )
 
 
 MAX_SITE_ID_BYTES = 256  # as ingest accepts: a longer site_id can never have data

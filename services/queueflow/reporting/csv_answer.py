@@ -38,7 +38,8 @@ def csv_response(answer: BaseModel) -> Response:
     rows_key = next((key for key in ROW_KEYS if key in data), None)
     if rows_key is not None:
         lines = data[rows_key]
-        columns = list(answer.model_fields[rows_key].annotation.__args__[0].model_fields)  # type: ignore[union-attr]
+        row_type = type(answer).model_fields[rows_key].annotation.__args__[0]  # type: ignore[union-attr]
+        columns = list(row_type.model_fields)
     else:
         line = _flat({k: v for k, v in data.items() if k not in FRESHNESS and k != "complete"})
         lines, columns = [line], list(line)
