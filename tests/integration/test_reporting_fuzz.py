@@ -1,13 +1,15 @@
 """Fuzzing reporting's HTTP API from its own OpenAPI document: whatever a client asks, no
 answer is a server error, and every answer matches the document (a documented status code, a
-documented content type, a body of the documented schema), JSON and CSV alike.
+documented content type, a body of the documented schema), as JSON and as CSV.
 
-Schemathesis generates requests for every operation of the document, positive and negative,
+Schemathesis generates requests for every operation of the document, positive and negative:
 (a) with a bearer token for every site (QUEUEFLOW_STATS_TOKENS is set), so that the routes are
-exercised past authentication, against a real PostgreSQL with a few seeded events and a real
-Redis; positive requests also run with `format=csv` fixed, so that text/csv answers are
-checked as well; (b) without an Authorization header, where every /stats* and /sites answer is
-a 401 (or a 422 for a query refused before authentication) and must conform too.
+exercised past authentication, against a real PostgreSQL holding a few seeded events and a real
+Redis holding the seeded sites' ingest counts; positive requests run once more asking for CSV
+(`format=csv`, or `Accept: text/csv`), whose answers are checked against the document's
+text/csv and DESIGN.md's CSV rules (a named header row, freshness in X-QueueFlow-* headers);
+(b) without an Authorization header, where every /stats* and /sites answer is a 401 (or a 422
+for a query refused before the token is read) and must conform too.
 
 The app runs under uvicorn (tests.helpers.serve) in a thread of its own, so that Hypothesis's
 synchronous tests can drive it over a real socket.
@@ -26,9 +28,10 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
+import redis
 import schemathesis
 from fastapi import FastAPI
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import (
     content_type_conformance,
@@ -41,11 +44,11 @@ from schemathesis.specs.openapi.formats import unregister_string_format
 
 from queueflow.core.config import Settings
 from queueflow.core.events import Event, encode_event
+from queueflow.core.ingest_counts import counts_key
 from queueflow.core.store import EventStore, create_pool, stored_event
 from queueflow.reporting.app import create_app
 from tests.helpers import serve
 
-pytestmark = pytest.mark.filterwarnings("ignore::pydantic.warnings.PydanticDeprecatedSince211")  # TEMP
 TOKEN = "fuzz-every-site-token"
 AUTHORIZATION = {"Authorization": f"Bearer {TOKEN}"}
 SITES = ["a.example", "b.example", "\u00e9\u4e2d\U0001f600.example"]
@@ -59,11 +62,12 @@ STATS_ROUTES = [
 ]
 PROBE_ROUTES = ["/healthz", "/readyz", "/metrics"]
 # What each kind of route may answer here: a token for every site is never refused (401,
-# 403), and Redis is up (no 503); without a token a /stats* route is a 401, or a 422 for a
-# query refused before the token is read (strict_query runs first).
+# 403) and Redis is up (no 503); without a token a /stats* route is a 401, or a 422 for a
+# query refused before the token is read (by strict_query, an app-level dependency, or by a
+# range dependency declared before the route's `access`).
 ALLOWED = {"stats": {200, 422}, "probe": {200}}
 ALLOWED_WITHOUT_TOKEN = {"stats": {401, 422}, "probe": {200}}
-CSV_HEADERS = ("x-queueflow-as-of", "x-queueflow-lag", "x-queueflow-complete")
+CSV_FRESHNESS = ("x-queueflow-as-of", "x-queueflow-lag", "x-queueflow-complete")
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -71,6 +75,11 @@ CHECKS = [
     response_headers_conformance,
     response_schema_conformance,
 ]
+RESPONSE_TIMEOUT_S = 5  # a local answer takes milliseconds: a hung statement fails fast
+# No shrinking: a request whose statement hangs keeps a pooled connection busy for up to the
+# pool's command timeout (60 s), so the smaller requests tried next would time out waiting for
+# one and be blamed instead; the first failing request is the one reported.
+PHASES = [Phase.explicit, Phase.reuse, Phase.generate, Phase.target]
 
 
 class Served:
@@ -116,7 +125,7 @@ class Served:
 
 @pytest.fixture
 async def seeded(database_url: str) -> None:
-    """A few events of three sites: today (some in the last minute, for /stats/realtime),
+    """A few events of each site: today (two in the last minute, for /stats/realtime),
     yesterday and a month ago, of two types, with and without a referrer."""
     now = datetime.now(UTC)
     rows = [
@@ -149,7 +158,20 @@ async def seeded(database_url: str) -> None:
 
 
 @pytest.fixture
-def reporting(settings: Settings, seeded: None) -> Iterator[Served]:
+def ingest_counts(settings: Settings) -> Iterator[None]:
+    """What ingest would have counted today for the seeded sites (read by /stats/ingest)."""
+    client = redis.Redis.from_url(settings.redis_dsn())
+    today = datetime.now(UTC).date()
+    keys = [counts_key(settings.stream, today, site) for site in SITES]
+    for key in keys:
+        client.hset(key, mapping={"accepted": 6, "dropped:bot": 1, "rejected:validation": 2})
+    yield
+    client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture
+def reporting(settings: Settings, seeded: None, ingest_counts: None) -> Iterator[Served]:
     locked = settings.model_copy(update={"stats_tokens": TOKEN})
     with Served(create_app(locked)) as served:
         yield served
@@ -157,10 +179,10 @@ def reporting(settings: Settings, seeded: None) -> Iterator[Served]:
 
 @pytest.fixture
 def recent_dates() -> Iterator[None]:
-    """Schemathesis's `date` strings, mostly within a few days of today (where the seeded
-    events are, and so that a drawn `from` and `to` often make a range reporting answers),
-    sometimes anywhere in years 1-9999 (ranges too long, or reversed, and the calendar's
-    ends)."""
+    """Schemathesis's `date` strings, mostly within a month of today (where the seeded events
+    are, and so that a drawn `from` and `to` often make a range reporting answers), sometimes
+    the calendar's ends (0001-01-01, 9999-12-31) or anywhere in years 1-9999 (ranges too long,
+    or reversed)."""
     today = datetime.now(UTC).date()
     recent = st.integers(-35, 2).map(lambda days: (today + timedelta(days=days)).isoformat())
     ends = st.sampled_from([date.min, date.max, date(1970, 1, 1)]).map(date.isoformat)
@@ -172,7 +194,7 @@ def recent_dates() -> Iterator[None]:
 
 @dataclass
 class Tally:
-    """What a fuzz run did: examples and statuses per route."""
+    """What a fuzz run did: (status, media type) counts per route and mode."""
 
     statuses: dict[str, dict[Any, int]] = field(default_factory=dict)
 
@@ -186,12 +208,23 @@ class Tally:
 
 
 SCHEMATHESIS_EXAMPLES = 80  # per route and generation mode, with the token
-CSV_EXAMPLES = 40  # per route, positive, format=csv, with the token
+CSV_EXAMPLES = 40  # per /stats* route and /sites, positive, asking for CSV, with the token
 UNAUTHENTICATED_EXAMPLES = 25  # per route and generation mode, without a token
 
 
 def kind(route: str) -> str:
     return "probe" if route in PROBE_ROUTES else "stats"
+
+
+def check_csv(route: str, response: Any) -> None:
+    """DESIGN.md "Reporting routes", CSV: a header row named by the JSON keys, then lines of
+    as many cells; a /stats* answer's freshness in X-QueueFlow-* headers."""
+    assert response.status_code == 200
+    if route != "/sites":  # /sites says nothing of freshness
+        assert all(name in response.headers for name in CSV_FRESHNESS), response.headers
+    rows = list(csv.reader(io.StringIO(response.text, newline="")))
+    assert rows and rows[0] and all(rows[0]), response.text[:300]
+    assert all(len(row) == len(rows[0]) for row in rows), response.text[:300]
 
 
 def run_schemathesis(
@@ -203,31 +236,41 @@ def run_schemathesis(
     allowed: set[int],
     examples: int,
     headers: dict[str, str] | None,
-    query: dict[str, str] | None = None,
+    as_csv: bool = False,
 ) -> None:
     positive = mode == schemathesis.GenerationMode.POSITIVE
-    strategy = operation.as_strategy(generation_mode=mode, headers=headers, query=query)
+    strategy = operation.as_strategy(
+        generation_mode=mode, headers=headers, query={"format": "csv"} if as_csv else None
+    )
 
-    @given(case=strategy, site=st.sampled_from([None, *SITES]))
-    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck))
-    def call(case: Any, site: str | None) -> None:
+    @given(case=strategy, site=st.sampled_from([None, *SITES]), by_accept=st.booleans())
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        phases=PHASES,
+    )
+    def call(case: Any, site: str | None, by_accept: bool) -> None:
+        sent = dict(headers or {})
         if headers is None and case.headers:
             case.headers.pop("Authorization", None)  # no token at all, not a drawn one
         if positive and site is not None and case.query and "site_id" in case.query:
             case.query["site_id"] = site  # a site with data, not only the empty ones drawn
-        response = case.call_and_validate(base_url=base_url, headers=headers, checks=CHECKS)
+        if as_csv and by_accept:
+            case.query.pop("format", None)
+            sent["Accept"] = "text/csv"
+        response = case.call_and_validate(
+            base_url=base_url, headers=sent, checks=CHECKS, timeout=RESPONSE_TIMEOUT_S
+        )
         media = response.headers.get("content-type", [""])[0].split(";")[0]
         tally.add(label, (response.status_code, media))
         assert response.status_code in allowed, (response.status_code, response.text[:300])
-        if headers is None and kind(operation.path) == "stats":
-            assert response.status_code != 200, "answered without a token"
+        if response.status_code == 401:
+            assert "www-authenticate" in response.headers, response.headers
         if media == "text/csv":
-            assert response.status_code == 200
-            assert all(h in response.headers for h in CSV_HEADERS) or (
-                operation.path == "/sites"
-            ), response.headers
-            rows = list(csv.reader(io.StringIO(response.text)))
-            assert rows and rows[0] and all(rows[0]), response.text[:300]
+            check_csv(operation.path, response)
+        elif as_csv:
+            assert response.status_code != 200, "asked for CSV, answered otherwise"
 
     call()
 
@@ -241,11 +284,10 @@ def modes_of(operation: Any) -> list[Any]:
 
 def test_the_document_lists_the_fuzzed_routes(reporting: Served) -> None:
     schema = schemathesis.openapi.from_url(f"{reporting.url}/openapi.json")
-    assert sorted(schema.raw_schema["paths"]) == sorted(STATS_ROUTES + PROBE_ROUTES)
+    paths = schema.raw_schema["paths"]
+    assert sorted(paths) == sorted(STATS_ROUTES + PROBE_ROUTES)
     for route in STATS_ROUTES:
-        assert "text/csv" in schema.raw_schema["paths"][route]["get"]["responses"]["200"][
-            "content"
-        ], route
+        assert "text/csv" in paths[route]["get"]["responses"]["200"]["content"], route
 
 
 @pytest.mark.parametrize("route", STATS_ROUTES + PROBE_ROUTES)
@@ -278,14 +320,13 @@ def test_schemathesis_finds_no_server_error_with_a_token(
                 allowed,
                 CSV_EXAMPLES,
                 AUTHORIZATION,
-                {"format": "csv"},
+                as_csv=True,
             )
     finally:
         print(tally.report("schemathesis"))
-    # Positive cases get answered, as JSON and (format=csv) as CSV.
-    assert tally.statuses[f"{route} positive"].get((200, "application/json"), 0) > 0 or (
-        route == "/metrics"
-    )
+    # Positive cases get answered, as JSON (or text) and, when asked for, as CSV.
+    media = "text/plain" if route == "/metrics" else "application/json"
+    assert tally.statuses[f"{route} positive"].get((200, media), 0) > 0
     if kind(route) == "stats":
         assert tally.statuses[f"{route} csv"].get((200, "text/csv"), 0) > 0
         assert sum(tally.statuses[f"{route} negative"].values()) > 0
@@ -298,6 +339,7 @@ def test_schemathesis_without_a_token_gets_documented_401s(
     schema = schemathesis.openapi.from_url(f"{reporting.url}/openapi.json")
     operation = schema[route]["GET"]
     tally = Tally()
+    allowed = ALLOWED_WITHOUT_TOKEN[kind(route)]
     try:
         for mode in modes_of(operation):
             run_schemathesis(
@@ -306,7 +348,7 @@ def test_schemathesis_without_a_token_gets_documented_401s(
                 reporting.url,
                 tally,
                 f"{route} {mode.value}",
-                ALLOWED_WITHOUT_TOKEN[kind(route)],
+                allowed,
                 UNAUTHENTICATED_EXAMPLES,
                 None,
             )

@@ -101,6 +101,9 @@ def errors(response: Any) -> list[tuple[str, str]]:
         ("site_id=a&from=2026-02-01&to=2026-01-31", [("from", "value_error")]),
         ("site_id=a&date=2026-01-01&to=2026-01-31", [("date", "value_error")]),
         ("site_id=a&from=2024-01-01&to=2026-01-31", [("to", "value_error")]),
+        # the calendar's ends, which asyncpg would send as -infinity and infinity
+        ("site_id=a&date=9999-12-31", [("date", "date_out_of_range")]),
+        ("site_id=a&from=0001-01-01&to=0001-01-02", [("from", "date_out_of_range")]),
         ("site_id=a&Site_id=b", [("Site_id", "extra_forbidden")]),
         ("site_id=a&=x", [("", "extra_forbidden")]),
         ("site_id=a&limit=5&format=xml", [("format", "literal_error")]),

@@ -30,7 +30,14 @@ from queueflow.core.stream import EventStream, connect
 from queueflow.core.tracing import Tracing
 from queueflow.reporting.csv_answer import Format, csv_response, wants_csv
 from queueflow.reporting.freshness import Freshness, Watermark
-from queueflow.reporting.ranges import DayRange, FromQuery, ToQuery, end_of_day, field_error
+from queueflow.reporting.ranges import (
+    DayQuery,
+    DayRange,
+    FromQuery,
+    ToQuery,
+    end_of_day,
+    field_error,
+)
 from queueflow.reporting.tokens import Access, StatsTokens
 
 log = structlog.get_logger(__name__)
@@ -281,7 +288,6 @@ SiteIdQuery = Annotated[
     Query(min_length=1, max_length=MAX_SITE_ID_BYTES, description="The site"),
     AfterValidator(_site_id_bytes),
 ]
-DateQuery = Annotated[date | None, Query(description="UTC day, YYYY-MM-DD [today]")]
 LimitQuery = Annotated[int, Query(ge=1, le=1000, description="How many rows")]
 FormatQuery = Annotated[
     Format | None, Query(description="csv for a CSV answer (as Accept: text/csv) [json]")
@@ -318,6 +324,7 @@ CSV_ANSWER: dict[int | str, dict[str, Any]] = {
 TOKEN_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "No bearer token, or an unknown one (QUEUEFLOW_STATS_TOKENS is set)"},
     403: {"description": "The token does not cover this site"},
+    503: {"description": "The database (for /stats/ingest: Redis) unavailable; Retry-After"},
 }
 
 
@@ -415,7 +422,7 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
         request: Request,
         store: StoreDep,
         site_id: SiteIdQuery,
-        date: DateQuery = None,
+        date: DayQuery = None,
         limit: LimitQuery = 10,
         format: FormatQuery = None,
         days: DayRange | None = Depends(optional_range),  # noqa: B008
@@ -555,16 +562,12 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
         tags=["reporting"],
         summary="What ingest did with a site's events on one UTC day",
         response_model=IngestStatsResponse,
-        responses={
-            **TOKEN_ERRORS,
-            **CSV_ANSWER,
-            503: {"description": "Redis, which holds them, unavailable"},
-        },
+        responses={**TOKEN_ERRORS, **CSV_ANSWER},
     )
     async def ingest_stats(
         request: Request,
         site_id: SiteIdQuery,
-        date: DateQuery = None,
+        date: DayQuery = None,
         format: FormatQuery = None,
         allowed: Access = authorized,
     ) -> Response:

@@ -10,13 +10,28 @@ from typing import Annotated, Any
 
 from fastapi import Query
 from fastapi.exceptions import RequestValidationError
+from pydantic import AfterValidator
+from pydantic_core import PydanticCustomError
 
 from queueflow.core.query_params import query_error
 
+
+def _finite(day: date) -> date:
+    # asyncpg sends date.min and date.max as -infinity and infinity: a series between them
+    # would never end.
+    if day in (date.min, date.max):
+        raise PydanticCustomError(
+            "date_out_of_range", "Input should be a day from 0001-01-02 to 9999-12-30", {}
+        )
+    return day
+
+
+Day = Annotated[date, AfterValidator(_finite)]
+DayQuery = Annotated[Day | None, Query(description="UTC day, YYYY-MM-DD [today]")]
 FromQuery = Annotated[
-    date | None, Query(alias="from", description="First UTC day, YYYY-MM-DD, inclusive [to]")
+    Day | None, Query(alias="from", description="First UTC day, YYYY-MM-DD, inclusive [to]")
 ]
-ToQuery = Annotated[date | None, Query(description="Last UTC day, YYYY-MM-DD, inclusive [today]")]
+ToQuery = Annotated[Day | None, Query(description="Last UTC day, YYYY-MM-DD, inclusive [today]")]
 
 
 def field_error(key: str, message: str, value: Any) -> RequestValidationError:
@@ -53,7 +68,5 @@ class DayRange:
 
 
 def end_of_day(day: date) -> datetime:
-    """The first instant after the UTC day `day` (the latest instant for the last day)."""
-    if day == date.max:
-        return datetime.max.replace(tzinfo=UTC)
+    """The first instant after the UTC day `day` (never the last day: see Day)."""
     return datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC)
