@@ -10,6 +10,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -253,3 +254,45 @@ async def group_state(r: Any, settings: Any) -> tuple[int, int] | None:
     """(lag, pending) of the test's consumer group, or None before a worker created it."""
     groups = await r.xinfo_groups(settings.stream) if await r.exists(settings.stream) else []
     return (groups[0]["lag"], groups[0]["pending"]) if groups else None
+
+
+class Served:
+    """An app under uvicorn in a thread with its own event loop, for synchronous tests
+    (schemathesis, hypothesis) that call it over a real port."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.url = ""
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # reported by __enter__ / __exit__
+            self._error = exc
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        async with serve(self.app) as client:
+            self.url = str(client.base_url)
+            self._ready.set()
+            await self._stop.wait()
+
+    def __enter__(self) -> Served:
+        self._thread.start()
+        self._ready.wait(30)
+        if self._error is not None or not self.url:
+            raise RuntimeError("the app did not start") from self._error
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        assert self._loop is not None and self._stop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
+        if self._error is not None:
+            raise self._error

@@ -15,11 +15,9 @@ every example.
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import json
 import string
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
@@ -36,57 +34,16 @@ from schemathesis.specs.openapi.formats import unregister_string_format
 
 from queueflow.core.config import Settings
 from queueflow.ingest.app import create_app
-from tests.helpers import serve
+from tests.helpers import Served
 
 ALLOWED = {202, 400, 413, 415, 422}
 MAX_BATCH = 5  # small, so that over-count batches are cheap to draw
 
 
-class Served:
-    """The ingest app under uvicorn in a thread with its own event loop."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.url = ""
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:  # reported by __enter__ / __exit__
-            self._error = exc
-            self._ready.set()
-
-    async def _main(self) -> None:
-        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        async with serve(create_app(self.settings)) as client:
-            self.url = str(client.base_url)
-            self._ready.set()
-            await self._stop.wait()
-
-    def __enter__(self) -> Served:
-        self._thread.start()
-        self._ready.wait(30)
-        if self._error is not None or not self.url:
-            raise RuntimeError("ingest did not start") from self._error
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        assert self._loop is not None and self._stop is not None
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(30)
-        if self._error is not None:
-            raise self._error
-
-
 @pytest.fixture
 def ingest(settings: Settings) -> Iterator[Served]:
     small = settings.model_copy(update={"max_batch_events": MAX_BATCH})
-    with Served(small) as served:
+    with Served(create_app(small)) as served:
         yield served
 
 

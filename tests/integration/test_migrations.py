@@ -228,9 +228,10 @@ async def test_range_reporting_migration_counts_the_stored_history(
 
     def stored_event(e: dict) -> bytes:
         fields = {k: v for k, v in e.items() if v is not None}
-        return b'{"received_ms":1,' + encode_event(
-            decode_event(json.dumps(fields).encode(), EventWindow(0))
-        )[1:]
+        return (
+            b'{"received_ms":1,'
+            + encode_event(decode_event(json.dumps(fields).encode(), EventWindow(0)))[1:]
+        )
 
     await migrate(empty_database, migrations_up_to(tmp_path, "0003"))
     start = datetime(2026, 3, 1, tzinfo=UTC)
@@ -260,8 +261,10 @@ async def test_range_reporting_migration_counts_the_stored_history(
             views = [e for e in mine if e["event_type"] == "page_view"]
             totals = await store.totals(site, first, last, 10)
             assert totals.views == len(views)
-            assert totals.unique_users == len({e["user_id"] for e in mine}) < len(
-                {(e["user_id"], e["timestamp"][:10]) for e in mine}
+            assert (
+                totals.unique_users
+                == len({e["user_id"] for e in mine})
+                < len({(e["user_id"], e["timestamp"][:10]) for e in mine})
             )
             rows = await store.breakdown(site, first, last, "referrer", 10)
             by_referrer: dict[str | None, set[str]] = {}

@@ -17,10 +17,8 @@ synchronous tests can drive it over a real socket.
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,7 +28,6 @@ from typing import Any
 import pytest
 import redis
 import schemathesis
-from fastapi import FastAPI
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import (
@@ -47,7 +44,7 @@ from queueflow.core.events import Event, encode_event
 from queueflow.core.ingest_counts import counts_key
 from queueflow.core.store import EventStore, create_pool, stored_event
 from queueflow.reporting.app import create_app
-from tests.helpers import serve
+from tests.helpers import Served
 
 TOKEN = "fuzz-every-site-token"
 AUTHORIZATION = {"Authorization": f"Bearer {TOKEN}"}
@@ -80,47 +77,6 @@ RESPONSE_TIMEOUT_S = 5  # a local answer takes milliseconds: a hung statement fa
 # pool's command timeout (60 s), so the smaller requests tried next would time out waiting for
 # one and be blamed instead; the first failing request is the one reported.
 PHASES = [Phase.explicit, Phase.reuse, Phase.generate, Phase.target]
-
-
-class Served:
-    """An app under uvicorn in a thread with its own event loop."""
-
-    def __init__(self, app: FastAPI) -> None:
-        self.app = app
-        self.url = ""
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:  # reported by __enter__ / __exit__
-            self._error = exc
-            self._ready.set()
-
-    async def _main(self) -> None:
-        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        async with serve(self.app) as client:
-            self.url = str(client.base_url)
-            self._ready.set()
-            await self._stop.wait()
-
-    def __enter__(self) -> Served:
-        self._thread.start()
-        self._ready.wait(30)
-        if self._error is not None or not self.url:
-            raise RuntimeError("reporting did not start") from self._error
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        assert self._loop is not None and self._stop is not None
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(30)
-        if self._error is not None:
-            raise self._error
 
 
 @pytest.fixture
