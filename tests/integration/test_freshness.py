@@ -14,8 +14,20 @@ from queueflow.embedded import free_port
 from tests.helpers import Service, event, send, service_env
 
 
-def stats(reporting: Service, **params: str) -> dict:
-    return httpx.get(f"{reporting.url}/stats", params={"site_id": "fresh.example", **params}).json()
+def stats(reporting: Service, route: str = "/stats", **params: str) -> dict:
+    return httpx.get(
+        f"{reporting.url}{route}", params={"site_id": "fresh.example", **params}
+    ).json()
+
+
+def every_route(reporting: Service, day: str) -> list[dict]:
+    """The range routes' answers for `day` (each carries the same freshness fields)."""
+    span = {"from": day, "to": day}
+    return [
+        stats(reporting, **span),
+        stats(reporting, "/stats/timeseries", interval="hour", **span),
+        stats(reporting, "/stats/breakdown", by="path", **span),
+    ]
 
 
 def wait_for(reporting: Service, check, timeout_s: float = 20, **params: str) -> dict:
@@ -36,6 +48,10 @@ def test_workers_paused_then_resumed(settings: Settings) -> None:
         send(ingest.url, [event(site_id="fresh.example", user_id=f"u{i}") for i in range(30)])
         waiting = wait_for(reporting, lambda a: a["lag_entries"] == 30)
         assert waiting["total_views"] == 0 and waiting["complete"] is False
+        today = datetime.now(UTC).date().isoformat()
+        for answer in every_route(reporting, today):  # the same queue, whatever the route
+            assert answer["lag_entries"] == 30 and answer["complete"] is False, answer
+        assert stats(reporting, "/stats/realtime")["unique_users"] == 0
         as_of = datetime.fromisoformat(waiting["as_of"])
         assert as_of <= datetime.now(UTC) and as_of >= before - timedelta(seconds=1)
         # Yesterday ended before the oldest waiting event: complete even now.
@@ -47,6 +63,11 @@ def test_workers_paused_then_resumed(settings: Settings) -> None:
         assert datetime.fromisoformat(drained["as_of"]) > as_of
         assert drained["complete"] is False  # today has not ended
         assert stats(reporting, date=yesterday)["complete"] is True
+        today = datetime.now(UTC).date().isoformat()
+        for answer in every_route(reporting, today):
+            assert answer["lag_entries"] == 0 and answer["complete"] is False, answer
+        assert all(a["complete"] for a in every_route(reporting, yesterday))
+        assert stats(reporting, "/stats/realtime")["unique_users"] == 30
     finally:
         for service in started:
             assert service.stop() == 0
