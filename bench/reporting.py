@@ -3,9 +3,9 @@ structures cost in storage.
 
 The dataset is built in PostgreSQL, not through ingest: `--reporting-days` days (31) of
 `--reporting-events` events a day (1,000,000), spread Zipf-like over 100 sites (site k gets
-a share proportional to 1/k), over each site's paths and its users (users recur across
-days), 80% page views, half with a referrer; the last day ends now. The raw events come from
-`generate_series`; the aggregates from `queueflow verify --repair`'s own rebuild
+a share proportional to 1/k), over each site's 500 paths and its users (users recur across
+days), 80% page views, half with one of 40 referrers; the last day ends now. The raw events
+come from `generate_series`; the aggregates from `queueflow verify --repair`'s own rebuild
 (EventStore.rebuild_aggregates), the code that recounts them from raw events. Then
 `queueflow reporting` answers each route for the biggest site and a median one (31-day
 ranges; the hour series over 7 days) `--reporting-requests` times in turn; p50 and p99 per
@@ -38,15 +38,15 @@ NEW_TABLES = (
     "daily_value_user_bits",
 )
 # One day of events. Zipf-like by inverse transform: floor(n ** random()) is 1..n with
-# P(k) proportional to about 1/k. A site's users number 20 per 1000 of its daily events
-# (at least 50), so most users come back on other days.
+# P(k) proportional to about 1/k. A site has one user for every two of its daily events (at
+# least 50); drawn Zipf-like too, so many come back on other days and many do not.
 ONE_DAY = f"""
 INSERT INTO events (event_id, site_id, event_type, path, user_id, occurred_at, received_at,
                     referrer)
 SELECT 'b' || $1::int || '-' || i, s.site_id,
        CASE WHEN random() < 0.8 THEN 'page_view' ELSE 'signup' END,
        '/page/' || floor(power(500, random()))::int,
-       'user-' || floor(power(greatest(50, s.share * $2::int / 50), random()))::int,
+       'user-' || floor(power(greatest(50, s.share * $2::int / 2), random()))::int,
        t, t,
        CASE WHEN random() < 0.5 THEN NULL
             ELSE 'https://ref' || floor(power(40, random()))::int || '.example/' END
