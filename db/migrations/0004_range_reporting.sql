@@ -5,6 +5,12 @@
 -- breakdowns, hourly views the hour series, a row per site the list of sites. Everything is
 -- filled from the raw events here, so an upgraded database answers ranges over its history.
 
+-- Workers of the previous release keep committing batches while this runs (a pre-upgrade
+-- hook, a rolling update): held off here, they fail once it commits (their tables are
+-- gone) and acknowledge nothing, so their entries go to the new workers. Everything below
+-- then reads one unchanging set of events.
+LOCK TABLE events, daily_site_stats, daily_site_path_counts, daily_site_users IN EXCLUSIVE MODE;
+
 -- Every user of every site gets a number, from one sequence so that numbering never waits on
 -- a lock; the bitmaps below index users by it. A site's users are spread over the numbers in
 -- proportion to its share of new users.
@@ -95,22 +101,21 @@ SELECT site_id, 'event_type', date, event_type, count(*) FROM events GROUP BY 1,
 
 CREATE TEMPORARY TABLE numbered ON COMMIT DROP AS
 SELECT e.site_id, e.date, date_trunc('hour', e.occurred_at, 'UTC') AS hour, e.event_type,
-       e.path, e.referrer, u.user_number >> 10 AS chunk,
-       B'1'::bit(1024) >> (u.user_number & 1023)::int AS bit
+       e.path, e.referrer, u.user_number >> 10 AS chunk, (u.user_number & 1023)::int AS bit
 FROM events e JOIN site_users u USING (site_id, user_id);
 
 INSERT INTO daily_user_bits (site_id, date, chunk, users)
-SELECT site_id, date, chunk, bit_or(bit) FROM numbered GROUP BY 1, 2, 3;
+SELECT site_id, date, chunk, bit_or(B'1'::bit(1024) >> bit) FROM numbered GROUP BY 1, 2, 3;
 INSERT INTO hourly_user_bits (site_id, hour, chunk, users)
-SELECT site_id, hour, chunk, bit_or(bit) FROM numbered GROUP BY 1, 2, 3;
+SELECT site_id, hour, chunk, bit_or(B'1'::bit(1024) >> bit) FROM numbered GROUP BY 1, 2, 3;
 INSERT INTO daily_value_user_bits (site_id, dimension, value, date, chunk, users)
-SELECT site_id, 'path', path, date, chunk, bit_or(bit) FROM numbered
+SELECT site_id, 'path', path, date, chunk, bit_or(B'1'::bit(1024) >> bit) FROM numbered
 WHERE event_type = 'page_view' GROUP BY 1, 3, 4, 5
 UNION ALL
-SELECT site_id, 'referrer', referrer, date, chunk, bit_or(bit) FROM numbered
+SELECT site_id, 'referrer', referrer, date, chunk, bit_or(B'1'::bit(1024) >> bit) FROM numbered
 WHERE event_type = 'page_view' GROUP BY 1, 3, 4, 5
 UNION ALL
-SELECT site_id, 'event_type', event_type, date, chunk, bit_or(bit) FROM numbered
+SELECT site_id, 'event_type', event_type, date, chunk, bit_or(B'1'::bit(1024) >> bit) FROM numbered
 GROUP BY 1, 3, 4, 5;
 
 -- Replaced: per-day users by the bitmaps, path views by daily_value_counts.

@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -285,3 +286,45 @@ async def test_range_reporting_migration_counts_the_stored_history(
     finally:
         await pool.close()
         await conn.close()
+
+
+async def test_range_reporting_migration_holds_off_the_previous_workers(
+    empty_database: str, tmp_path: Path
+) -> None:
+    """A previous release's worker committing while 0004 runs waits for it, then fails without
+    storing anything (so it acknowledges nothing): no batch lands in some tables only."""
+    from queueflow.core.store import EventStore, batch_document, create_pool
+    from tests.helpers import payload, until
+
+    await migrate(empty_database, migrations_up_to(tmp_path, "0003"))
+    old_worker = await asyncpg.connect(empty_database)
+    rows = [b'{"received_ms":1,' + payload(event_id=f"m{i}")[1:] for i in range(20)]
+    assert await old_worker.fetchval(SAVE_BATCH_BEFORE_0004, batch_document(rows[:10])) == 10
+    # A reader keeps 0004 from dropping the old tables, so it is caught holding its lock.
+    reader, watcher = await asyncpg.connect(empty_database), await asyncpg.connect(empty_database)
+    reading = reader.transaction()
+    await reading.start()
+    await reader.fetchval("SELECT count(*) FROM daily_site_users")
+    migrating = asyncio.create_task(migrate(empty_database, default_migrations_dir()))
+    waiting = "SELECT count(*) FROM pg_locks WHERE NOT granted"
+    await until(lambda: watcher.fetchval(waiting + " AND mode = 'AccessExclusiveLock'"))
+    batch = asyncio.create_task(
+        old_worker.fetchval(SAVE_BATCH_BEFORE_0004, batch_document(rows[10:]))
+    )
+    # Held off at its first table: nothing of the batch is written anywhere.
+    held_off = " AND mode = 'RowExclusiveLock' AND relation = 'events'::regclass"
+    await until(lambda: watcher.fetchval(waiting + held_off))
+    await reading.commit()
+    with pytest.raises(asyncpg.PostgresError):
+        await batch
+    assert await migrating == ["0004"]
+    pool = await create_pool(empty_database, max_size=1)
+    try:
+        assert await watcher.fetchval("SELECT count(*) FROM events") == 10
+        today = datetime.now(UTC).date()
+        assert (await EventStore(pool).audit(today - timedelta(days=1), today, None)).clean
+    finally:
+        await pool.close()
+        await watcher.close()
+        await reader.close()
+        await old_worker.close()

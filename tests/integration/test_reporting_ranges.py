@@ -525,3 +525,30 @@ async def test_cors_only_for_the_listed_origins(settings: Settings) -> None:
         assert "x-queueflow-as-of" in answer.headers["access-control-expose-headers"].lower()
         other = await client.get("/sites", headers={"Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in other.headers
+
+
+async def test_a_missing_token_is_401_before_any_parameter_is_judged(settings: Settings) -> None:
+    locked = settings.model_copy(update={"stats_tokens": "all-sites-token"})
+    async with serve(create_app(locked)) as client:
+        for route, params in [
+            ("/stats", {"site_id": "a", "from": "2026-01-05", "to": "2026-01-01"}),
+            ("/stats/timeseries", {"site_id": "a", "interval": "hour", "from": "2025-01-01"}),
+        ]:
+            answer = await client.get(route, params=params)
+            assert answer.status_code == 401, (route, answer.text)
+
+
+@pytest.mark.parametrize(
+    ("accept", "media"),
+    [
+        ("text/csv", "text/csv"),
+        ("text/csv;q=0, application/json", "application/json"),
+        ("application/json;q=0.5, text/csv;q=0.9", "text/csv"),
+        ("text/csv;q=0.4, */*", "application/json"),
+        ("*/*", "application/json"),
+    ],
+)
+async def test_accept_is_read_with_its_q_values(client, accept: str, media: str) -> None:
+    answer = await client.get("/sites", headers={"Accept": accept})
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith(media)
+    assert answer.headers["vary"] == "Accept"

@@ -333,11 +333,11 @@ BITS_DIFFERENCES = [
     for keys, scope in [BITS_KEYS[table]]
     for wrap in [_null_safe if "value" in keys else str]
 ]
-UNNUMBERED_USERS = f"""
-SELECT DISTINCT site_id, user_id FROM events e
-WHERE {EVENTS} AND NOT EXISTS (
+UNNUMBERED_EVENTS = f"""
+FROM events e WHERE {EVENTS} AND NOT EXISTS (
     SELECT FROM site_users u WHERE u.site_id = e.site_id AND u.user_id = e.user_id)
 """
+UNNUMBERED_USERS = f"SELECT DISTINCT site_id, user_id {UNNUMBERED_EVENTS}"
 # The sites rows must equal what the daily rows add up to.
 SITES_FROM_DAYS = f"""
 SELECT site_id, min(date) AS first_date, max(date) AS last_date,
@@ -357,8 +357,9 @@ CHECKED_DAYS = f"SELECT count(*) FROM ({DAYS_FROM_EVENTS}) e"
 REBUILD = [
     "LOCK TABLE daily_site_stats, hourly_site_stats, daily_value_counts, daily_user_bits, "
     "hourly_user_bits, daily_value_user_bits, sites IN SHARE ROW EXCLUSIVE MODE",
-    f"INSERT INTO site_users (site_id, user_id) {UNNUMBERED_USERS} ORDER BY 1, 2 "
-    "ON CONFLICT DO NOTHING",
+    # In order of first appearance, as the workers would have numbered them.
+    f"INSERT INTO site_users (site_id, user_id) SELECT site_id, user_id {UNNUMBERED_EVENTS} "
+    "GROUP BY site_id, user_id ORDER BY min(occurred_at), 1, 2 ON CONFLICT DO NOTHING",
     f"DELETE FROM daily_site_stats WHERE {DAYS}",
     "INSERT INTO daily_site_stats (site_id, date, total_views) "
     f"SELECT site_id, date, total_views FROM ({DAYS_FROM_EVENTS}) e",

@@ -43,7 +43,7 @@ from queueflow.reporting.answers import (
     SitesResponse,
     TimeseriesResponse,
 )
-from queueflow.reporting.csv_answer import Format, csv_response, wants_csv
+from queueflow.reporting.csv_answer import Format, respond
 from queueflow.reporting.freshness import Freshness, Watermark
 from queueflow.reporting.ranges import (
     DayQuery,
@@ -171,6 +171,8 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
     @app.exception_handler(asyncpg.InternalClientError)
     @app.exception_handler(asyncpg.PostgresConnectionError)
     @app.exception_handler(asyncpg.CannotConnectNowError)
+    @app.exception_handler(asyncpg.UndefinedTableError)  # the schema not migrated yet
+    @app.exception_handler(asyncpg.UndefinedColumnError)
     async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
         log.warning("database unavailable", error=repr(exc))
         return JSONResponse(
@@ -195,10 +197,7 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
     ) -> Response:
         """The freshness read before the counts (so as_of holds), the answer as JSON or CSV."""
         fresh = await ReportingState.of(request).watermark.read()
-        found = await build(fresh)
-        if wants_csv(request, format):
-            return csv_response(found)
-        return JSONResponse(found.model_dump(mode="json", by_alias=True))
+        return respond(request, format, await build(fresh))
 
     @app.get(
         "/stats",
@@ -211,11 +210,11 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
         request: Request,
         store: StoreDep,
         site_id: SiteIdQuery,
+        allowed: Access = authorized,
         date: DayQuery = None,
         limit: LimitQuery = 10,
         format: FormatQuery = None,
         days: DayRange | None = Depends(optional_range),  # noqa: B008
-        allowed: Access = authorized,
     ) -> Response:
         """With `date` (default today), the day's answer; with `from`/`to`, the range's, whose
         unique_users counts each user once over the whole range."""
@@ -250,10 +249,10 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
         request: Request,
         store: StoreDep,
         site_id: SiteIdQuery,
+        allowed: Access = authorized,
         interval: Annotated[Interval, Query(description="Bucket size [day]")] = "day",
         format: FormatQuery = None,
         days: DayRange = in_range,
-        allowed: Access = authorized,
     ) -> Response:
         """One point per bucket, in order, empty buckets as zeros; hour ranges are at most 31
         days."""
@@ -290,10 +289,10 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
         store: StoreDep,
         site_id: SiteIdQuery,
         by: Annotated[Dimension, Query(description="What the rows are")],
+        allowed: Access = authorized,
         limit: LimitQuery = 10,
         format: FormatQuery = None,
         days: DayRange = in_range,
-        allowed: Access = authorized,
     ) -> Response:
         """`path` and `referrer` count page views (a missing referrer is null), `event_type`
         events of every type; rows by events descending, then value in byte order."""
@@ -326,9 +325,9 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
         request: Request,
         store: StoreDep,
         site_id: SiteIdQuery,
+        allowed: Access = authorized,
         minutes: Annotated[int, Query(ge=1, le=60, description="The window, minutes")] = 5,
         format: FormatQuery = None,
-        allowed: Access = authorized,
     ) -> Response:
         """Events whose timestamp lies in (now - minutes, now]."""
         allowed.site(site_id)
@@ -356,9 +355,9 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
     async def ingest_stats(
         request: Request,
         site_id: SiteIdQuery,
+        allowed: Access = authorized,
         date: DayQuery = None,
         format: FormatQuery = None,
-        allowed: Access = authorized,
     ) -> Response:
         """Events counted by ingest on the UTC day it saw them: accepted, dropped (bots) and
         rejected (invalid, where a site_id could be read); kept 400 days, in Redis."""
@@ -397,8 +396,8 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
     async def sites(
         request: Request,
         store: StoreDep,
-        format: FormatQuery = None,
         allowed: Access = authorized,
+        format: FormatQuery = None,
     ) -> Response:
         found = await store.sites(None if allowed.sites is None else sorted(allowed.sites))
         answer = SitesResponse(
@@ -412,9 +411,7 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
                 for s in found
             ]
         )
-        if wants_csv(request, format):
-            return csv_response(answer)
-        return JSONResponse(answer.model_dump(mode="json"))
+        return respond(request, format, answer)
 
     async def database_check(request: Request) -> None:
         await get_store(request).ping()

@@ -10,7 +10,7 @@ import io
 from typing import Any, Literal
 
 from fastapi import Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 Format = Literal["json", "csv"]
@@ -20,10 +20,31 @@ MEDIA_TYPE = "text/csv; charset=utf-8"
 
 
 def wants_csv(request: Request, format: Format | None) -> bool:
+    """format=csv, or an Accept header that ranks text/csv above JSON (q-values read)."""
     if format is not None:
         return format == "csv"
-    accept = request.headers.get("accept", "")
-    return any(part.split(";")[0].strip().lower() == "text/csv" for part in accept.split(","))
+    ranks: dict[str, float] = {}
+    for part in request.headers.get("accept", "").split(","):
+        media, *params = (p.strip().lower() for p in part.split(";"))
+        q = next((p[2:] for p in params if p.startswith("q=")), "1")
+        try:
+            ranks[media] = max(ranks.get(media, 0.0), float(q))
+        except ValueError:
+            continue
+    json = max(ranks.get(m, 0.0) for m in ("application/json", "application/*", "*/*"))
+    csv_rank = ranks.get("text/csv", 0.0)
+    return csv_rank > 0 and csv_rank >= json
+
+
+def respond(request: Request, format: Format | None, answer: BaseModel) -> Response:
+    """The answer as JSON, or as CSV when asked for; caches told that Accept decides."""
+    response = (
+        csv_response(answer)
+        if wants_csv(request, format)
+        else JSONResponse(answer.model_dump(mode="json", by_alias=True))
+    )
+    response.headers["Vary"] = "Accept"
+    return response
 
 
 def csv_response(answer: BaseModel) -> Response:
