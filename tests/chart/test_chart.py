@@ -99,18 +99,33 @@ def test_services_select_their_pods_and_ports_exist(render: Render) -> None:
     assert ingress["spec"]["ingressClassName"] == "nginx"
     assert ingress["spec"]["tls"][0]["secretName"] == "analytics-tls"
     routes = {
-        p["path"]: p["backend"]["service"]["name"]
+        (p["path"], p["pathType"]): p["backend"]["service"]["name"]
         for p in ingress["spec"]["rules"][0]["http"]["paths"]
     }
-    assert routes == {
-        "/event": f"{RELEASE}-queueflow-ingest",
-        "/events": f"{RELEASE}-queueflow-ingest",
-        "/stats": f"{RELEASE}-queueflow-reporting",
+    ingest, reporting = f"{RELEASE}-queueflow-ingest", f"{RELEASE}-queueflow-reporting"
+    expected = {
+        ("/event", "Exact"): ingest,
+        ("/events", "Exact"): ingest,
+        ("/tracker.js", "Exact"): ingest,
+        ("/stats", "Prefix"): reporting,  # /stats/timeseries, /stats/breakdown, ...
+        ("/sites", "Exact"): reporting,
+        ("/", "Exact"): reporting,  # the dashboard
+        ("/dashboard", "Prefix"): reporting,  # its script and style
     }
+    assert routes == expected
     assert set(routes.values()) <= services.keys()
     route = one(objects, "HTTPRoute")
-    backends = {b["name"] for rule in route["spec"]["rules"] for b in rule["backendRefs"]}
-    assert backends == {f"{RELEASE}-queueflow-ingest", f"{RELEASE}-queueflow-reporting"}
+    matches = {
+        (m["path"]["value"], m["path"]["type"]): b["name"]
+        for rule in route["spec"]["rules"]
+        for m in rule["matches"]
+        for b in rule["backendRefs"]
+    }
+    prefix = {"Exact": "Exact", "Prefix": "PathPrefix"}
+    assert matches == {(path, prefix[kind]): name for (path, kind), name in expected.items()}
+    without = one(render({"ingress": {"enabled": True, "dashboard": False}}), "Ingress")
+    paths = {p["path"] for p in without["spec"]["rules"][0]["http"]["paths"]}
+    assert paths == {"/event", "/events", "/tracker.js", "/stats", "/sites"}
 
 
 def test_worker_is_one_consumer_per_pod_and_outlives_its_shutdown(render: Render) -> None:

@@ -320,3 +320,19 @@ What the pods' URLs are made of, hashed: a changed external URL or Secret name r
 {{- $v := .Values -}}
 {{- list $v.externalRedis $v.externalDatabase $v.redis.auth $v.redis.enabled $v.postgresql.auth $v.postgresql.enabled $v.statsTokens | toJson | sha256sum }}
 {{- end }}
+
+{{/* The routes of the Ingress and the HTTPRoute, in one place: (path, match, component). */}}
+{{- define "queueflow.routes" -}}
+{{- $routes := list
+  (dict "path" "/event" "match" "Exact" "component" "ingest")
+  (dict "path" "/events" "match" "Exact" "component" "ingest")
+  (dict "path" "/tracker.js" "match" "Exact" "component" "ingest")
+  (dict "path" "/stats" "match" "Prefix" "component" "reporting")
+  (dict "path" "/sites" "match" "Exact" "component" "reporting") -}}
+{{- if .Values.ingress.dashboard -}}
+{{- $routes = concat $routes (list
+  (dict "path" "/" "match" "Exact" "component" "reporting")
+  (dict "path" "/dashboard" "match" "Prefix" "component" "reporting")) -}}
+{{- end -}}
+{{- toJson $routes -}}
+{{- end -}}

@@ -44,6 +44,7 @@ from queueflow.reporting.answers import (
     TimeseriesResponse,
 )
 from queueflow.reporting.csv_answer import Format, respond
+from queueflow.reporting.dashboard import add_dashboard
 from queueflow.reporting.freshness import Freshness, Watermark
 from queueflow.reporting.ranges import (
     DayQuery,
@@ -417,4 +418,5 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
         await get_store(request).ping()
 
     add_probe_routes(app, {"postgres": database_check})
+    add_dashboard(app)
     return app
