@@ -11,6 +11,7 @@ fetched once into ~/.cache). Without them this skips, saying why.
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import random
 import re
@@ -194,44 +195,52 @@ def test_the_page_shows_the_apis_figures(deployment, browser) -> None:
     )
     expect(page.locator("#realtime")).to_have_text(re.compile(r"\d+ views?"))
 
-    narrow, _ = open_page(browser, f"{url}/?site={SITE}&range=30d", width=360)
+    narrow, narrow_console = open_page(browser, f"{url}/?site={SITE}&range=30d", width=360)
     sign_in(narrow, ALL)
     loaded(narrow)
     figures_equal_the_api(narrow, url, str(today - timedelta(days=29)), str(today))
     narrow.screenshot(path=str(shot("month-360px")), full_page=True)
-    assert not [m for m in console if "Content Security Policy" in m], console
+    ingest = api(url, "/stats/ingest", site_id=SITE)
+    rows = narrow.locator("#ingest tr")
+    expect(rows).to_have_text(
+        [
+            f"Accepted{ingest['accepted']:,}",
+            f"Dropped as bots{ingest['dropped']['bot']:,}",
+            f"Rejected as invalid{ingest['rejected']['validation']:,}",
+        ]
+    )
+    assert not [m for m in console + narrow_console if "Content Security Policy" in m]
 
 
 def test_the_freshness_line_follows_the_queue(deployment, browser) -> None:
     url = deployment["reporting"]
+    today = datetime.now(UTC).date()
+    yesterday = today - timedelta(days=1)
     deployment["worker"].stop()
     try:
-        send(
-            deployment["ingest"],
-            [
-                {
-                    "site_id": SITE,
-                    "event_type": "page_view",
-                    "path": "/late",
-                    "user_id": "late-visitor",
-                }
-                for _ in range(7)
-            ],
-        )
+        late = {"site_id": SITE, "event_type": "page_view", "path": "/late", "user_id": "late"}
+        send(deployment["ingest"], [late for _ in range(7)])
         deadline = time.monotonic() + 20
         while api(url, "/stats", site_id=SITE)["lag_entries"] != 7:
             assert time.monotonic() < deadline
             time.sleep(0.2)
         page, _ = open_page(browser, f"{url}/?site={SITE}&range=today")
         sign_in(page, ALL)
-        expect(page.locator("#freshness")).to_contain_text("7 events still in the queue")
-        expect(page.locator("#freshness")).to_have_class(re.compile("incomplete"))
+        line = page.locator("#freshness")
+        expect(line).to_contain_text("7 events still in the queue; this range is still filling.")
+        expect(line).to_have_class(re.compile("incomplete"))
         page.screenshot(path=str(shot("queue-waiting")), full_page=True)
+        # Yesterday ended before the oldest waiting event: complete, and not marked, even now.
+        page.goto(f"{url}/?site={SITE}&from={yesterday}&to={yesterday}")
+        expect(line).to_contain_text("7 events still in the queue; this range is complete.")
+        expect(line).not_to_have_class(re.compile("incomplete"))
     finally:
         deployment["worker"] = Service("worker", deployment["env"]).wait_healthy()
     drained(url)
-    page.reload()
-    expect(page.locator("#freshness")).to_contain_text("0 events still in the queue")
+    page.goto(f"{url}/?site={SITE}&range=today")
+    expect(line).to_contain_text("0 events still in the queue")
+    totals = figures_equal_the_api(page, url, str(today), str(today))
+    assert totals["lag_entries"] == 0 and totals["complete"] is False
 
 
 def test_tokens_none_wrong_and_scoped(deployment, browser) -> None:
@@ -245,6 +254,8 @@ def test_tokens_none_wrong_and_scoped(deployment, browser) -> None:
     page.click("#login button")
     expect(page.locator("#site option")).to_have_text([OTHER])
     expect(page.locator("#site")).to_have_value(OTHER)
+    expect(page.locator("#problem")).to_have_text(f"This token does not cover {SITE}.")
+    expect(page).to_have_url(re.compile(f"site={re.escape(OTHER)}"))
     page.screenshot(path=str(shot("scoped-token")), full_page=True)
     assert page.evaluate("sessionStorage.getItem('queueflow_token')") == SCOPED
     assert page.evaluate("localStorage.length") == 0 and page.context.cookies() == []
@@ -255,7 +266,34 @@ def test_an_empty_site_shows_how_to_send_its_first_event(deployment, browser) ->
     sign_in(page, ALL)
     expect(page.locator("#empty")).to_be_visible()
     expect(page.locator("#snippet-tag")).to_contain_text('data-site="new.example"')
-    expect(page.locator("#snippet-curl")).to_contain_text('"site_id": "new.example"')
+    expect(page.locator("#snippet-curl")).to_contain_text('"site_id":"new.example"')
+    page.screenshot(path=str(shot("empty-site")), full_page=True)
+    # A site id from the URL is quoted for where the snippets put it.
+    hostile = "x\"><script src=//evil.example/a.js></script>'; rm -rf ~; '"
+    page.goto(f"{deployment['reporting']}/?" + str(httpx.QueryParams({"site": hostile})))
+    expect(page.locator("#empty")).to_be_visible()
+    tag = page.locator("#snippet-tag").text_content()
+    assert 'data-site="x&quot;&gt;&lt;script' in tag and "<script src=//evil" not in tag
+    curl = page.locator("#snippet-curl").text_content()
+    assert curl.endswith(
+        "-d '"
+        + json.dumps(
+            {"site_id": hostile, "event_type": "page_view", "path": "/", "user_id": "u1"},
+            separators=(",", ":"),
+        ).replace("'", "'\\''")
+        + "'"
+    )
+
+
+def test_without_tokens_the_page_opens_at_once(settings: Settings, browser) -> None:
+    reporting = Service("reporting", service_env(settings)).wait_healthy()
+    try:
+        page, _ = open_page(browser, f"{reporting.url}/")
+        expect(page.locator("#freshness")).to_have_text("No site has events yet.")
+        expect(page.locator("#login")).to_be_hidden()
+        expect(page.locator("#empty")).to_be_visible()
+    finally:
+        reporting.stop()
 
 
 def test_the_page_is_small_private_and_strict(deployment) -> None:

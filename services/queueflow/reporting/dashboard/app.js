@@ -188,7 +188,23 @@
     box.replaceChildren(root);
   }
 
+  // The chart's figures as a table, for screen readers (the chart itself is hidden from them).
+  function seriesTable(points, hourly) {
+    const body = $("series-rows");
+    body.replaceChildren();
+    for (const p of points) {
+      const tr = document.createElement("tr");
+      for (const text of [hourly ? p.start.slice(0, 16).replace("T", " ") : p.start.slice(0, 10), fmt(p.views), fmt(p.unique_users)]) {
+        const td = document.createElement("td");
+        td.textContent = text;
+        tr.append(td);
+      }
+      body.append(tr);
+    }
+  }
+
   async function download(button) {
+    if (!current) return;
     const by = button.dataset.by;
     const route = button.dataset.route || "/stats/breakdown";
     const params = { site_id: current.site };
@@ -237,18 +253,50 @@
     return answer.sites;
   }
 
+  // The snippets quote the site id for where it goes: an HTML attribute, JSON in a shell
+  // string. An id from the URL is the reader's own, but may hold anything.
+  function htmlAttribute(text) {
+    return text.replace(/&/g, "&amp;").replace(/"/g, "&quot;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+  }
+
+  function shellQuoted(text) {
+    return "'" + text.replace(/'/g, "'\\''") + "'";
+  }
+
   function snippets(site) {
-    const origin = location.origin;
     setText(
       "snippet-tag",
-      '<script defer src="https://INGEST_HOST/tracker.js" data-site="' + site + '"></script>'
+      '<script defer src="https://INGEST_HOST/tracker.js" data-site="' + htmlAttribute(site) + '"></script>'
     );
+    const event = { site_id: site, event_type: "page_view", path: "/", user_id: "u1" };
     setText(
       "snippet-curl",
-      "curl -X POST https://INGEST_HOST/event -H 'Content-Type: application/json' \\\n" +
-        "  -d '{\"site_id\": \"" + site + "\", \"event_type\": \"page_view\", \"path\": \"/\", \"user_id\": \"u1\"}'" +
-        "\n# then look here: " + origin + location.pathname + "?site=" + encodeURIComponent(site)
+      "curl -X POST https://INGEST_HOST/event -H 'Content-Type: application/json' \\\n  -d " +
+        shellQuoted(JSON.stringify(event))
     );
+  }
+
+  const REASONS = { bot: "Dropped as bots", validation: "Rejected as invalid" };
+
+  // Accepted, then a row per reason ingest dropped or rejected events for.
+  function ingestRows(ingest) {
+    const body = $("ingest");
+    body.replaceChildren();
+    const rows = ingest
+      ? [["Accepted", ingest.accepted]]
+          .concat(Object.entries(ingest.dropped).map(([k, n]) => [REASONS[k] || "Dropped: " + k, n]))
+          .concat(Object.entries(ingest.rejected).map(([k, n]) => [REASONS[k] || "Rejected: " + k, n]))
+      : [["Accepted", "unavailable"]];
+    for (const [label, n] of rows) {
+      const tr = document.createElement("tr");
+      const th = document.createElement("th");
+      th.scope = "row";
+      th.textContent = label;
+      const td = document.createElement("td");
+      td.textContent = typeof n === "number" ? fmt(n) : n;
+      tr.append(th, td);
+      body.append(tr);
+    }
   }
 
   // Whether the token may read a site that has no events yet (403 says it may not).
@@ -257,13 +305,13 @@
       await api("/stats/realtime", { site_id: site, minutes: "1" });
       return true;
     } catch (error) {
-      if (error instanceof Refused && error.status === 403) return false;
+      if (error instanceof Refused && (error.status === 403 || error.status === 422)) return false;
       throw error;
     }
   }
 
   async function realtime() {
-    if (!current) return;
+    if (!current || document.hidden) return;
     try {
       const answer = await api("/stats/realtime", { site_id: current.site, minutes: "5" });
       setText("realtime", count(answer.views, "view", "views"));
@@ -273,9 +321,24 @@
     }
   }
 
+  let loads = 0;
+
+  function reset() {
+    for (const id of ["views", "users", "realtime"]) setText(id, "–");
+    setText("realtime-users", "");
+  }
+
   async function load() {
+    const mine = ++loads; // a newer load makes this one's answers stale
+    clearInterval(realtimeTimer);
+    current = null;
+    reset();
     $("problem").hidden = true;
     const state = wanted();
+    if (state.from > state.to) {
+      problem(new Error("the range starts after it ends"));
+      return;
+    }
     let known;
     try {
       known = await sites();
@@ -283,7 +346,10 @@
       problem(error);
       return;
     }
+    if (mine !== loads) return;
+    const signedIn = !$("login").hidden;
     $("login").hidden = true;
+    if (signedIn) $("site").focus();
     // A site the token does not cover (or none asked for): the first one it does.
     let allowed = known.some((s) => s.site_id === state.site);
     try {
@@ -306,6 +372,11 @@
       snippets("example.com");
       return;
     }
+    if (!known.some((s) => s.site_id === state.site)) {
+      const option = document.createElement("option"); // a covered site without events yet
+      option.value = option.textContent = state.site;
+      $("site").append(option);
+    }
     $("site").value = state.site;
     $("from").value = state.from;
     $("to").value = state.to;
@@ -326,16 +397,16 @@
         api("/stats/breakdown", { ...range, by: "event_type" }),
         api("/stats/ingest", { site_id: state.site, date: state.to }).catch(() => null),
       ]);
+      if (mine !== loads) return;
       freshness(totals);
       setText("views", fmt(totals.total_views));
       setText("users", fmt(totals.unique_users));
       chart(series.points, hourly);
+      seriesTable(series.points, hourly);
       fillTable(document.querySelector('[data-by="path"]'), paths.rows);
       fillTable(document.querySelector('[data-by="referrer"]'), referrers.rows);
       fillTable(document.querySelector('[data-by="event_type"]'), types.rows);
-      setText("accepted", ingest ? fmt(ingest.accepted) : "unavailable");
-      setText("dropped", ingest ? fmt(ingest.dropped.bot) : "–");
-      setText("rejected", ingest ? fmt(ingest.rejected.validation) : "–");
+      ingestRows(ingest);
       const site = known.find((s) => s.site_id === state.site);
       $("empty").hidden = Boolean(site && site.total_views) || totals.unique_users > 0;
       snippets(state.site);
@@ -344,7 +415,6 @@
       return;
     }
     realtime();
-    clearInterval(realtimeTimer);
     realtimeTimer = setInterval(realtime, REFRESH_MS);
   }
 
