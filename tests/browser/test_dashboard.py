@@ -323,12 +323,9 @@ def test_axe_finds_no_serious_violation(deployment, browser) -> None:
     loaded(page)
     page.add_script_tag(content=axe)
     result = page.evaluate("axe.run(document, {resultTypes: ['violations']})")
-    serious = [
-        (v["id"], v["impact"], [n["target"] for n in v["nodes"]])
-        for v in result["violations"]
-        if v["impact"] in ("serious", "critical")
-    ]
-    assert not serious, serious
+    found = [(v["id"], v["impact"], len(v["nodes"])) for v in result["violations"]]
+    print("axe-core", AXE_VERSION, "violations:", found or "none")
+    assert not [v for v in found if v[1] in ("serious", "critical")], found
 
 
 def shot(name: str) -> Path:
