@@ -27,19 +27,12 @@ import httpx
 import pytest
 
 from queueflow.core.config import Settings
+from tests.browser import chromium
+from tests.browser.chromium import FLAGS
 from tests.helpers import Service, send, service_env
 
-CHROMIUM = shutil.which("chromium")
-if CHROMIUM is None:
-    pytest.skip(
-        "browser test: Debian's chromium is not installed (.ci/chromium.sh)",
-        allow_module_level=True,
-    )
-playwright_api = pytest.importorskip("playwright.sync_api")
+CHROMIUM, playwright_api = chromium.require()
 expect = playwright_api.expect
-
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"]
-FLAGS += ["--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ALL, SCOPED = "dash-all-sites-token", "dash-scoped-token"
 SITE, OTHER = "dash.example", "other.example"
 SHOTS = Path(

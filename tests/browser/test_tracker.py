@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import threading
 import time
 import uuid
@@ -21,15 +20,11 @@ import pytest
 
 from queueflow.core.config import Settings
 from queueflow.embedded import free_port
+from tests.browser import chromium
+from tests.browser.chromium import FLAGS
 from tests.helpers import Service, service_env
 
-CHROMIUM = shutil.which("chromium")
-if CHROMIUM is None:
-    pytest.skip(
-        "browser test: Debian's chromium is not installed (.ci/chromium.sh)",
-        allow_module_level=True,
-    )
-playwright_api = pytest.importorskip("playwright.sync_api")
+CHROMIUM, playwright_api = chromium.require()
 
 # A normal desktop user agent: headless Chromium's own says HeadlessChrome, which the crawler
 # list (rightly) names.
@@ -37,17 +32,6 @@ USER_AGENT = (
     "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
     "Chrome/131.0.0.0 Safari/537.36"
 )
-# The flags a root, offline machine needs (see the machine notes): no sandbox as root, and no
-# background networking that the closed network would refuse.
-FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 # Records every body the tracker sends (and keeps the real sendBeacon for a resend).
 RECORD_BEACONS = """
 window.__sent = [];
