@@ -72,6 +72,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("--to", dest="last", type=date.fromisoformat, help="last UTC day [--from]")
     verify.add_argument("--repair", action="store_true", help="rebuild what differs, atomically")
+    forget = command(
+        "forget",
+        "Erase a user of a site (or a whole site): raw events, user sets, and their counts",
+        listens=False,
+    )
+    forget.add_argument("--site-id", "--site", dest="site_id", required=True, help="the site")
+    forget.add_argument(
+        "--user-id",
+        "--user",
+        dest="user_id",
+        help="the user, as the site sends it (hashed first under QUEUEFLOW_USER_ID_KEY) "
+        "[the whole site]",
+    )
     dead = command(
         "dead-letters", "List, show, replay or purge dead-lettered entries", listens=False
     )
@@ -159,6 +172,10 @@ def _run(args: argparse.Namespace, settings: Settings, tracing: Tracing) -> int:
 
         first = args.first or datetime.now(UTC).date()
         return run_async(verify(settings, first, args.last or first, args.site_id, args.repair))
+    if args.command == "forget":
+        from queueflow.operator import forget
+
+        return run_async(forget(settings, args.site_id, args.user_id))
     if args.command == "dead-letters":
         from queueflow.operator import dead_letters
 

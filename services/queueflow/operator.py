@@ -1,5 +1,6 @@
-"""Operator commands: `queueflow verify` proves the numbers, `queueflow dead-letters` shows
-why entries were set aside and pushes them back once the cause is fixed."""
+"""Operator commands: `queueflow verify` proves the numbers, `queueflow forget` erases a user
+or a site, `queueflow dead-letters` shows why entries were set aside and pushes them back
+once the cause is fixed."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from queueflow.core.config import Settings
 from queueflow.core.dead_letters import DeadLetters
 from queueflow.core.store import EventStore, create_pool
 from queueflow.core.stream import EventStream, connect
+from queueflow.core.user_ids import UserIdHasher
 
 
 async def verify(
@@ -53,6 +55,31 @@ async def verify(
         return 0 if after.clean else 1
     finally:
         await pool.close()
+
+
+async def forget(settings: Settings, site_id: str, user_id: str | None) -> int:
+    """Erase a user of a site (or the site) in one transaction; prints what went."""
+    stored = user_id
+    if user_id is not None and settings.user_id_key is not None:
+        stored = UserIdHasher(settings.user_id_key)(site_id, user_id)  # as ingest stored it
+    pool = await create_pool(settings.database_dsn(), max_size=1, command_timeout=None)
+    try:
+        gone = await EventStore(pool).forget(site_id, stored)
+    finally:
+        await pool.close()
+    if user_id is None:
+        print(
+            f"forgot site {site_id}: {gone.events} events of {gone.users} users "
+            f"over {gone.days} days"
+        )
+    elif not gone.users:
+        print(f"{site_id} has no user {user_id!r}: nothing to forget")
+    else:
+        print(
+            f"forgot user {user_id!r} of {site_id}: {gone.events} events "
+            f"({gone.views} page views) over {gone.days} days"
+        )
+    return 0
 
 
 async def dead_letters(

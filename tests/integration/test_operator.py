@@ -16,8 +16,10 @@ from tests.helpers import group_state, payload, running, service_env, until
 TODAY = datetime.now(UTC).date().isoformat()
 
 
-def queueflow(settings: Settings, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, **service_env(settings), "QUEUEFLOW_LOG_LEVEL": "warning"}
+def queueflow(
+    settings: Settings, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, **service_env(settings), "QUEUEFLOW_LOG_LEVEL": "warning", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "queueflow", *args],
         env=env,

@@ -34,7 +34,7 @@ FLAGS_BEFORE = {
     "dev": [*EVERYWHERE, *WORKER, "--workers"],
     "worker": [*EVERYWHERE, *WORKER],
     "dead-letters": [*EVERYWHERE, "--dead-letter-stream"],
-    **{c: EVERYWHERE for c in ("ingest", "reporting", "migrate", "verify", "smoke")},
+    **{c: EVERYWHERE for c in ("ingest", "reporting", "migrate", "verify", "forget", "smoke")},
 }
 
 

@@ -22,7 +22,7 @@ from queueflow.core.stats_tokens import parse_tokens
 
 # The `queueflow` commands (cli.py makes each): those that serve, then the one-shot ones.
 SERVING_COMMANDS = ("dev", "ingest", "reporting", "worker")
-EVERY_COMMAND = (*SERVING_COMMANDS, "migrate", "verify", "dead-letters", "smoke")
+EVERY_COMMAND = (*SERVING_COMMANDS, "migrate", "verify", "forget", "dead-letters", "smoke")
 ENV_PREFIX = "QUEUEFLOW_"
 _ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s,]+", re.IGNORECASE)
 

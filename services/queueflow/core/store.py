@@ -383,6 +383,87 @@ REBUILD = [
 ]
 
 
+# `queueflow forget`: a user's (or a whole site's) raw events and user-set rows removed and
+# the aggregates corrected, in one transaction, under the lock that repair takes (workers'
+# batches wait). $1 is the site, $2 the user.
+ALL_AGGREGATES = (
+    "daily_site_stats, hourly_site_stats, daily_value_counts, daily_user_bits, "
+    "hourly_user_bits, daily_value_user_bits, sites"
+)
+FORGET_LOCK = f"LOCK TABLE events, site_users, {ALL_AGGREGATES} IN SHARE ROW EXCLUSIVE MODE"
+FORGET_SITE = [
+    FORGET_LOCK,
+    *(
+        f"DELETE FROM {table} WHERE site_id = $1"
+        for table in ("events", "site_users", *ALL_AGGREGATES.split(", "))
+    ),
+]
+# The user's events, removed and kept for the corrections below.
+FORGET_EVENTS = """
+CREATE TEMPORARY TABLE forgotten ON COMMIT DROP AS
+WITH gone AS (
+    DELETE FROM events WHERE site_id = $1 AND user_id = $2
+    RETURNING date, date_trunc('hour', occurred_at, 'UTC') AS hour, event_type, path, referrer,
+              event_type = 'page_view' AS viewed
+)
+SELECT * FROM gone
+"""
+HAS_EVENTS = (
+    "EXISTS (SELECT FROM events e WHERE e.site_id = $1 AND e.occurred_at >= {start} "
+    "AND e.occurred_at < {start} + interval '{length}')"
+)
+THE_USER = (
+    "(SELECT user_number >> 10 AS chunk, B'1'::bit(1024) >> (user_number & 1023)::int AS bit "
+    "FROM site_users WHERE site_id = $1 AND user_id = $2)"
+)
+FORGET_USER = [
+    FORGET_LOCK,
+    FORGET_EVENTS,
+    """UPDATE daily_site_stats s SET total_views = s.total_views - f.views
+    FROM (SELECT date, count(*) FILTER (WHERE viewed) AS views FROM forgotten GROUP BY 1) f
+    WHERE s.site_id = $1 AND s.date = f.date""",
+    "DELETE FROM daily_site_stats s WHERE s.site_id = $1 "
+    "AND s.date IN (SELECT date FROM forgotten) AND NOT "
+    + HAS_EVENTS.format(start="s.date::timestamp AT TIME ZONE 'UTC'", length="1 day"),
+    """UPDATE hourly_site_stats s SET views = s.views - f.views
+    FROM (SELECT hour, count(*) FILTER (WHERE viewed) AS views FROM forgotten GROUP BY 1) f
+    WHERE s.site_id = $1 AND s.hour = f.hour""",
+    "DELETE FROM hourly_site_stats s WHERE s.site_id = $1 "
+    "AND s.hour IN (SELECT hour FROM forgotten) AND NOT "
+    + HAS_EVENTS.format(start="s.hour", length="1 hour"),
+    """UPDATE daily_value_counts c SET events = c.events - f.events
+    FROM (
+        SELECT dimension, date, value, count(*) AS events FROM (
+            SELECT 'path' AS dimension, date, path AS value FROM forgotten WHERE viewed
+            UNION ALL SELECT 'referrer', date, referrer FROM forgotten WHERE viewed
+            UNION ALL SELECT 'event_type', date, event_type FROM forgotten
+        ) v GROUP BY 1, 2, 3
+    ) f
+    WHERE c.site_id = $1 AND c.dimension = f.dimension AND c.date = f.date
+      AND (c.value IS NULL) = (f.value IS NULL)
+      AND coalesce(c.value, '') = coalesce(f.value, '')""",
+    "DELETE FROM daily_value_counts WHERE site_id = $1 AND events <= 0",
+    *(
+        statement
+        for table in ("daily_user_bits", "hourly_user_bits", "daily_value_user_bits")
+        for statement in (
+            f"UPDATE {table} b SET users = b.users & ~u.bit FROM {THE_USER} u "
+            "WHERE b.site_id = $1 AND b.chunk = u.chunk AND (b.users & u.bit) = u.bit",
+            f"DELETE FROM {table} b USING {THE_USER} u WHERE b.site_id = $1 "
+            "AND b.chunk = u.chunk AND bit_count(b.users) = 0",
+        )
+    ),
+    "DELETE FROM site_users WHERE site_id = $1 AND user_id = $2",
+    "DELETE FROM sites WHERE site_id = $1",
+    f"INSERT INTO sites (site_id, first_date, last_date, total_views) "
+    f"{SITES_FROM_DAYS.replace(SCOPE, 'site_id = $1')}",
+]
+FORGOTTEN = """
+SELECT count(*) AS events, count(*) FILTER (WHERE viewed) AS views,
+       count(DISTINCT date) AS days FROM forgotten
+"""
+
+
 def placeholders(statement: str) -> int:
     """How many parameters ($1, $2, ...) a statement takes."""
     return max((int(n) for n in re.findall(r"\$(\d+)", statement)), default=0)
@@ -413,6 +494,14 @@ class Audit:
     @property
     def clean(self) -> bool:
         return not (self.stats or self.hours or self.values or self.user_rows or self.site_rows)
+
+
+@dataclass(frozen=True, slots=True)
+class Forgotten:
+    events: int
+    views: int | None  # page views among them (not counted for a whole site)
+    days: int
+    users: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -561,6 +650,33 @@ class EventStore:
         async with self.pool.acquire() as conn, conn.transaction():
             for statement in REBUILD:
                 await conn.execute(statement, *args[: placeholders(statement)])
+
+    async def forget(self, site_id: str, user_id: str | None) -> Forgotten:
+        """Remove a user of a site (or, with user_id None, the whole site) as if never seen."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            if user_id is None:
+                users = await conn.fetchval(
+                    "SELECT count(*) FROM site_users WHERE site_id = $1", site_id
+                )
+                days = await conn.fetchval(
+                    "SELECT count(*) FROM daily_site_stats WHERE site_id = $1", site_id
+                )
+                events = 0
+                for statement in FORGET_SITE:
+                    status = await conn.execute(
+                        statement, *((site_id,) if "$1" in statement else ())
+                    )
+                    if statement.startswith("DELETE FROM events"):
+                        events = int(status.split()[-1])
+                return Forgotten(events=events, views=None, days=days, users=users)
+            args = (site_id, user_id)
+            known = await conn.fetchval(
+                "SELECT count(*) FROM site_users WHERE site_id = $1 AND user_id = $2", *args
+            )
+            for statement in FORGET_USER:
+                await conn.execute(statement, *args[: placeholders(statement)])
+            row = await conn.fetchrow(FORGOTTEN)
+            return Forgotten(row["events"], row["views"], row["days"], users=known)
 
     async def ping(self) -> None:
         async with self.pool.acquire(timeout=2) as conn:
