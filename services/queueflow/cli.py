@@ -171,7 +171,11 @@ def _run(args: argparse.Namespace, settings: Settings, tracing: Tracing) -> int:
         from queueflow.operator import verify
 
         first = args.first or datetime.now(UTC).date()
-        return run_async(verify(settings, first, args.last or first, args.site_id, args.repair))
+        last = args.last or first
+        if last < first:
+            print(f"queueflow: --to {last} is before --from {first}", file=sys.stderr)
+            return 2
+        return run_async(verify(settings, first, last, args.site_id, args.repair))
     if args.command == "forget":
         from queueflow.operator import forget
 

@@ -57,6 +57,9 @@ async def test_verify_passes_then_catches_and_repairs_a_tampered_aggregate(parts
     assert "path /p1: events 99 (events say 4)" in bad.stdout, bad.stdout
     assert "rows of the user bitmaps differ" in bad.stdout
 
+    backwards = queueflow(settings, "verify", "--from", TODAY, "--to", "2020-01-01")
+    assert backwards.returncode == 2 and "before --from" in backwards.stderr
+
     fixed = queueflow(settings, "verify", "--from", TODAY, "--repair")
     assert fixed.returncode == 0 and "now match" in fixed.stdout
     assert await db.fetchval("SELECT total_views FROM daily_site_stats") == 12

@@ -545,6 +545,8 @@ async def test_a_missing_token_is_401_before_any_parameter_is_judged(settings: S
         ("text/csv;q=0, application/json", "application/json"),
         ("application/json;q=0.5, text/csv;q=0.9", "text/csv"),
         ("text/csv;q=0.4, */*", "application/json"),
+        ("text/*", "text/csv"),
+        ("application/json, text/csv", "text/csv"),  # listed, as high as JSON
         ("*/*", "application/json"),
     ],
 )

@@ -20,7 +20,8 @@ MEDIA_TYPE = "text/csv; charset=utf-8"
 
 
 def wants_csv(request: Request, format: Format | None) -> bool:
-    """format=csv, or an Accept header that ranks text/csv above JSON (q-values read)."""
+    """format=csv, or an Accept header that ranks text/csv (or text/*) at least as high as
+    JSON, q-values read."""
     if format is not None:
         return format == "csv"
     ranks: dict[str, float] = {}
@@ -32,7 +33,7 @@ def wants_csv(request: Request, format: Format | None) -> bool:
         except ValueError:
             continue
     json = max(ranks.get(m, 0.0) for m in ("application/json", "application/*", "*/*"))
-    csv_rank = ranks.get("text/csv", 0.0)
+    csv_rank = ranks.get("text/csv", ranks.get("text/*", 0.0))
     return csv_rank > 0 and csv_rank >= json
 
 
