@@ -53,12 +53,17 @@ def xadd_limits(bench: Bench) -> tuple[dict[str, float], str]:
     )
 
 
+def batch_documents(count: int = 150_000, seed: int = 1) -> list[str]:
+    """`count` events of the bench's mix as the worker's 500-event batch documents."""
+    received_ms = int(time.time() * 1000)
+    events = [stored_event(encode_event(e), received_ms) for e in load.events(count, seed)]
+    return [batch_document(events[i : i + 500]) for i in range(0, len(events), 500)]
+
+
 def sql_limit(bench: Bench) -> float:
     """The worker's own statement, 500-event batches (its default batch size) built
     beforehand: PostgreSQL's share, with no stream, decoding or encoding around it."""
-    received_ms = int(time.time() * 1000)
-    events = [stored_event(encode_event(e), received_ms) for e in load.events(150_000)]
-    documents = [batch_document(events[i : i + 500]) for i in range(0, len(events), 500)]
+    documents = batch_documents()
     rates = []
     for _ in range(bench.args.runs):
         bench.reset()

@@ -185,6 +185,16 @@ def table(r: dict) -> str:
                 ", ".join(f"{k} {v}" for k, v in rep["storage_mb_per_million_events"].items()),
             )
         )
+    if r.get("sustained"):
+        sus = r["sustained"]
+        rows.append(
+            (
+                f"batch statement with {sus['stored_events']:,} stored events (events/s)",
+                f"{sus['filled_events_per_s']:,} against {sus['empty_events_per_s']:,} empty "
+                f"({sus['filled_vs_empty']}x); MB "
+                + ", ".join(f"{k} {v}" for k, v in sus["sizes_mb"].items()),
+            )
+        )
     rows += [(f"ratio {k}", "-" if v is None else f"{v}") for k, v in r["ratios"].items()]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import drain, freshness, ingest, instrumentation, limits, reporting, soak
+from bench import drain, freshness, ingest, instrumentation, limits, reporting, soak, sustained
 from bench.context import Bench
 from bench.figures import Result
 from bench.report import check_smoke, ratios, table
@@ -50,6 +50,7 @@ STEPS = {
     "freshness": Step(freshness.run, freshness.FreshnessResult, needs=("ingest", "drain")),
     "soak": Step(soak.run, soak.SoakResult, needs=("ingest", "drain")),
     "reporting": Step(reporting.run, reporting.ReportingResult),
+    "sustained": Step(sustained.run, sustained.SustainedResult),
     "memory": Step(soak.memory, soak.MemoryResult),
 }
 
@@ -69,6 +70,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--reporting-requests", type=int, default=100, help="requests per route and site"
     )
+    parser.add_argument(
+        "--sustained-events",
+        type=int,
+        default=50_000_000,
+        help="raw events stored before the sustained step's second measurement",
+    )
     parser.add_argument("--smoke", action="store_true", help="quick ratio check, ~1 minute")
     parser.add_argument(
         "--only",
@@ -86,6 +93,7 @@ def parse_args() -> argparse.Namespace:
     if args.smoke:
         args.runs, args.duration, args.backlog, args.soak = 1, 3, 40_000, 0
         args.reporting_days, args.reporting_events, args.reporting_requests = 3, 20_000, 20
+        args.sustained_events = 200_000
     return args
 
 

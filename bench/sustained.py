@@ -1,0 +1,93 @@
+"""Step `sustained`: the worker's batch statement on tables that already hold
+`--sustained-events` raw events (50,000,000), against its rate on empty tables in the same
+run. The stored events are made by `generate_series` (other sites, the last 30 days), not
+through the statement; each rate is the median of --runs runs of fresh events. Also the
+size of the raw events table and of each of its indexes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import asyncpg
+
+from bench.context import TABLES, Bench
+from bench.figures import Result
+from bench.limits import batch_documents, sql_rate
+from bench.report import median
+
+FILL_CHUNK = 1_000_000
+AGGREGATES = ", ".join(t for t in TABLES.split(", ") if t != "events")
+FILL = """
+INSERT INTO events (event_id, site_id, event_type, path, user_id, occurred_at, received_at)
+SELECT 'f' || $1::bigint + i, 'stored-' || (i % 50), 'page_view', '/page/' || (i % 500),
+       'user-' || (i % 200000), t, t
+FROM generate_series(1, $2::int) AS i,
+     LATERAL (SELECT now() - random() * interval '30 days' + i * interval '0' AS t) AS ts
+"""
+SIZES = """
+SELECT c.relname AS name, pg_relation_size(c.oid) AS bytes
+FROM pg_class c WHERE c.oid = 'events'::regclass
+   OR c.oid IN (SELECT indexrelid FROM pg_index WHERE indrelid = 'events'::regclass)
+"""
+
+
+@dataclass(frozen=True)
+class SustainedResult(Result):
+    NEST = "sustained"
+
+    stored_events: int
+    fill_s: float
+    empty_events_per_s: float
+    filled_events_per_s: float
+    filled_vs_empty: float
+    sizes_mb: dict[str, float]  # the events table and each index
+
+
+def run(bench: Bench) -> SustainedResult:
+    runs = [batch_documents(seed=100 + i) for i in range(bench.args.runs)]
+    empty = []
+    for documents in runs:
+        bench.reset()
+        empty.append(asyncio.run(sql_rate(bench.database_url, documents, bench.args.duration)))
+    bench.reset()
+    started = time.monotonic()
+    asyncio.run(_fill(bench.database_url, bench.args.sustained_events))
+    fill_s = time.monotonic() - started
+    # Fresh events each run, into aggregates as empty as the empty-table runs had: only the
+    # stored raw events differ.
+    filled = []
+    for i in range(bench.args.runs):
+        documents = batch_documents(seed=200 + i)
+        asyncio.run(bench.sql(f"TRUNCATE {AGGREGATES}"))
+        asyncio.run(bench.sql("CHECKPOINT"))
+        filled.append(asyncio.run(sql_rate(bench.database_url, documents, bench.args.duration)))
+    sizes = asyncio.run(_sizes(bench.database_url))
+    bench.reset()
+    return SustainedResult(
+        stored_events=bench.args.sustained_events,
+        fill_s=round(fill_s, 1),
+        empty_events_per_s=round(median(empty)),
+        filled_events_per_s=round(median(filled)),
+        filled_vs_empty=round(median(filled) / median(empty), 3),
+        sizes_mb=sizes,
+    )
+
+
+async def _fill(database_url: str, count: int) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        for start in range(0, count, FILL_CHUNK):
+            await conn.execute(FILL, start, min(FILL_CHUNK, count - start))
+        await conn.execute("VACUUM ANALYZE events")
+    finally:
+        await conn.close()
+
+
+async def _sizes(database_url: str) -> dict[str, float]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return {r["name"]: round(r["bytes"] / 2**20, 1) for r in await conn.fetch(SIZES)}
+    finally:
+        await conn.close()
