@@ -7,10 +7,12 @@ import asyncio
 import shutil
 import subprocess
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+import msgspec
 
 from bench import load
 from bench.context import Bench
@@ -53,10 +55,14 @@ def xadd_limits(bench: Bench) -> tuple[dict[str, float], str]:
     )
 
 
-def batch_documents(count: int = 150_000, seed: int = 1) -> list[str]:
-    """`count` events of the bench's mix as the worker's 500-event batch documents."""
+def batch_documents(count: int = 150_000, seed: int = 1, random_ids: bool = False) -> list[str]:
+    """`count` events of the bench's mix as the worker's 500-event batch documents; with
+    random_ids, each event id a random UUID (as a tracker's are) instead of a UUIDv7."""
     received_ms = int(time.time() * 1000)
-    events = [stored_event(encode_event(e), received_ms) for e in load.events(count, seed)]
+    mix = load.events(count, seed)
+    if random_ids:
+        mix = [msgspec.structs.replace(e, event_id=str(uuid.uuid4())) for e in mix]
+    events = [stored_event(encode_event(e), received_ms) for e in mix]
     return [batch_document(events[i : i + 500]) for i in range(0, len(events), 500)]
 
 

@@ -1,7 +1,10 @@
 """Step `sustained`: the worker's batch statement on tables that already hold
 `--sustained-events` raw events (50,000,000), against its rate on empty tables in the same
-run. The stored events are made by `generate_series` (other sites, the last 30 days), not
-through the statement; each rate is the median of --runs runs of fresh events. Also the
+run. The stored events are made by `generate_series`, not through the statement: the bench's
+own sites, the last 30 days, and random event ids (as a tracker's are: a fresh random UUID
+per event), so the batches' inserts land all over the primary key, as they do in
+production; the batches' ids are random too. Each rate is the median of --runs runs of
+fresh events. Also the
 size of the raw events table and of each of its indexes."""
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ FILL_CHUNK = 1_000_000
 AGGREGATES = ", ".join(t for t in TABLES.split(", ") if t != "events")
 FILL = """
 INSERT INTO events (event_id, site_id, event_type, path, user_id, occurred_at, received_at)
-SELECT 'f' || $1::bigint + i, 'stored-' || (i % 50), 'page_view', '/page/' || (i % 500),
+SELECT md5(random()::text || i), 'site-' || (1 + i % 5), 'page_view', '/page/' || (i % 50),
        'user-' || (i % 200000), t, t
-FROM generate_series(1, $2::int) AS i,
+FROM generate_series(1, $1::int) AS i,
      LATERAL (SELECT now() - random() * interval '30 days' + i * interval '0' AS t) AS ts
 """
 SIZES = """
@@ -46,7 +49,7 @@ class SustainedResult(Result):
 
 
 def run(bench: Bench) -> SustainedResult:
-    runs = [batch_documents(seed=100 + i) for i in range(bench.args.runs)]
+    runs = [batch_documents(seed=100 + i, random_ids=True) for i in range(bench.args.runs)]
     empty = []
     for documents in runs:
         bench.reset()
@@ -59,7 +62,7 @@ def run(bench: Bench) -> SustainedResult:
     # stored raw events differ.
     filled = []
     for i in range(bench.args.runs):
-        documents = batch_documents(seed=200 + i)
+        documents = batch_documents(seed=200 + i, random_ids=True)
         asyncio.run(bench.sql(f"TRUNCATE {AGGREGATES}"))
         asyncio.run(bench.sql("CHECKPOINT"))
         filled.append(asyncio.run(sql_rate(bench.database_url, documents, bench.args.duration)))
@@ -79,7 +82,7 @@ async def _fill(database_url: str, count: int) -> None:
     conn = await asyncpg.connect(database_url)
     try:
         for start in range(0, count, FILL_CHUNK):
-            await conn.execute(FILL, start, min(FILL_CHUNK, count - start))
+            await conn.execute(FILL, min(FILL_CHUNK, count - start))
         await conn.execute("VACUUM ANALYZE events")
     finally:
         await conn.close()
