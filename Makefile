@@ -65,7 +65,7 @@ lock: ## Re-resolve the image's hashed pins (requirements*.lock); UPGRADE=1 take
 tracker: ## Minify the tracker (ingest/tracker/tracker.js -> tracker.min.js) with terser (npm)
 	cd services/queueflow/ingest/tracker && npm ci --no-audit --no-fund --silent && npm run -s build
 
-bench: venv ## Measure speed against the limits (about half an hour; see bench/README.md)
+bench: venv ## Measure speed against the limits (about 50 minutes; see bench/README.md)
 	$(BIN)/python -m bench.run
 
 bench-smoke: venv ## Quick ratio check for a 2x slowdown (about a minute)
