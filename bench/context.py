@@ -20,14 +20,12 @@ import redis
 from bench.figures import cpu_seconds
 from bench.processes import Service, running, wait_until
 from queueflow.core.config import Settings, load_settings, service_environment
+from queueflow.core.store import ALL_AGGREGATES
 from queueflow.core.stream import EventStream, StreamStats, connect
 from queueflow.embedded import EmbeddedServer
 
 STREAM, GROUP = "bench_events", "bench_workers"
-TABLES = (
-    "events, daily_site_stats, hourly_site_stats, daily_value_counts, daily_user_bits, "
-    "hourly_user_bits, daily_value_user_bits, sites, site_users"
-)
+TABLES = f"events, site_users, {ALL_AGGREGATES}"
 # What every service the bench starts runs with, beside the servers' URLs.
 SETTINGS: dict[str, Any] = {
     "stream": STREAM,

@@ -15,13 +15,14 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from bench.context import TABLES, Bench
+from bench.context import Bench
 from bench.figures import Result
 from bench.limits import batch_documents, sql_rate
 from bench.report import median
+from queueflow.core.store import ALL_AGGREGATES
 
 FILL_CHUNK = 1_000_000
-AGGREGATES = ", ".join(t for t in TABLES.split(", ") if t != "events")
+AGGREGATES = f"site_users, {ALL_AGGREGATES}"
 FILL = """
 INSERT INTO events (event_id, site_id, event_type, path, user_id, occurred_at, received_at)
 SELECT md5(random()::text || i), 'site-' || (1 + i % 5), 'page_view', '/page/' || (i % 50),

@@ -351,12 +351,16 @@ WHERE (e.first_date, e.last_date, e.total_views) IS DISTINCT FROM
       (a.first_date, a.last_date, a.total_views)
 """
 CHECKED_DAYS = f"SELECT count(*) FROM ({DAYS_FROM_EVENTS}) e"
+# Every table the workers fold batches into (the raw events and site_users aside).
+ALL_AGGREGATES = (
+    "daily_site_stats, hourly_site_stats, daily_value_counts, daily_user_bits, "
+    "hourly_user_bits, daily_value_user_bits, sites"
+)
 # Rebuilding takes a lock that conflicts with the workers' upserts, so no batch folds into
 # the range while it is rebuilt; batches committed before the lock are in the recount,
 # batches after it fold into the rebuilt figures. Users without a number get one first.
 REBUILD = [
-    "LOCK TABLE daily_site_stats, hourly_site_stats, daily_value_counts, daily_user_bits, "
-    "hourly_user_bits, daily_value_user_bits, sites IN SHARE ROW EXCLUSIVE MODE",
+    f"LOCK TABLE {ALL_AGGREGATES} IN SHARE ROW EXCLUSIVE MODE",
     # In order of first appearance, as the workers would have numbered them.
     f"INSERT INTO site_users (site_id, user_id) SELECT site_id, user_id {UNNUMBERED_EVENTS} "
     "GROUP BY site_id, user_id ORDER BY min(occurred_at), 1, 2 ON CONFLICT DO NOTHING",
@@ -386,10 +390,6 @@ REBUILD = [
 # `queueflow forget`: a user's (or a whole site's) raw events and user-set rows removed and
 # the aggregates corrected, in one transaction, under the lock that repair takes (workers'
 # batches wait). $1 is the site, $2 the user.
-ALL_AGGREGATES = (
-    "daily_site_stats, hourly_site_stats, daily_value_counts, daily_user_bits, "
-    "hourly_user_bits, daily_value_user_bits, sites"
-)
 FORGET_LOCK = f"LOCK TABLE events, site_users, {ALL_AGGREGATES} IN SHARE ROW EXCLUSIVE MODE"
 FORGET_SITE = [
     FORGET_LOCK,
