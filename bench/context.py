@@ -25,7 +25,7 @@ from queueflow.core.stream import EventStream, StreamStats, connect
 from queueflow.embedded import EmbeddedServer
 
 STREAM, GROUP = "bench_events", "bench_workers"
-TABLES = f"events, site_users, {ALL_AGGREGATES}"
+TABLES = f"events, event_ids, site_users, {ALL_AGGREGATES}"
 # What every service the bench starts runs with, beside the servers' URLs.
 SETTINGS: dict[str, Any] = {
     "stream": STREAM,

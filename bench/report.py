@@ -187,14 +187,22 @@ def table(r: dict) -> str:
         )
     if r.get("sustained"):
         sus = r["sustained"]
-        rows.append(
+        rows += [
             (
                 f"batch statement with {sus['stored_events']:,} stored events (events/s)",
                 f"{sus['filled_events_per_s']:,} against {sus['empty_events_per_s']:,} empty "
-                f"({sus['filled_vs_empty']}x); MB "
-                + ", ".join(f"{k} {v}" for k, v in sus["sizes_mb"].items()),
-            )
-        )
+                f"({sus['filled_vs_empty']}x); random ids {sus['random_filled_events_per_s']:,}"
+                f" against {sus['random_empty_events_per_s']:,} ({sus['random_filled_vs_empty']}x)",
+            ),
+            (
+                "stored events' sizes (MB)",
+                ", ".join(f"{k} {v}" for k, v in sus["sizes_mb"].items()),
+            ),
+            (
+                "retention of one day (s)",
+                f"{sus['retention_day_s']} for {sus['retention_day_events']:,} events",
+            ),
+        ]
     rows += [(f"ratio {k}", "-" if v is None else f"{v}") for k, v in r["ratios"].items()]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

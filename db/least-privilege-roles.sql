@@ -23,3 +23,6 @@ ALTER DEFAULT PRIVILEGES FOR ROLE queueflow_owner IN SCHEMA public
     GRANT USAGE, SELECT ON SEQUENCES TO queueflow_worker;
 ALTER DEFAULT PRIVILEGES FOR ROLE queueflow_owner IN SCHEMA public
     GRANT SELECT ON TABLES TO queueflow_reporting;
+-- Days of raw events are added and expired by the workers through the owner's functions.
+ALTER DEFAULT PRIVILEGES FOR ROLE queueflow_owner IN SCHEMA public
+    GRANT EXECUTE ON FUNCTIONS TO queueflow_worker;

@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("--to", dest="last", type=date.fromisoformat, help="last UTC day [--from]")
     verify.add_argument("--repair", action="store_true", help="rebuild what differs, atomically")
+    command(
+        "retention",
+        "Remove raw events older than QUEUEFLOW_RAW_RETENTION_DAYS now, a whole day at a time",
+        listens=False,
+    )
     forget = command(
         "forget",
         "Erase a user of a site (or a whole site): raw events, user sets, and their counts",
@@ -176,6 +181,10 @@ def _run(args: argparse.Namespace, settings: Settings, tracing: Tracing) -> int:
             print(f"queueflow: --to {last} is before --from {first}", file=sys.stderr)
             return 2
         return run_async(verify(settings, first, last, args.site_id, args.repair))
+    if args.command == "retention":
+        from queueflow.operator import retention
+
+        return run_async(retention(settings))
     if args.command == "forget":
         from queueflow.operator import forget
 

@@ -1,14 +1,15 @@
-"""Operator commands: `queueflow verify` proves the numbers, `queueflow forget` erases a user
-or a site, `queueflow dead-letters` shows why entries were set aside and pushes them back
-once the cause is fixed."""
+"""Operator commands: `queueflow verify` proves the numbers, `queueflow retention` removes
+expired raw events, `queueflow forget` erases a user or a site, `queueflow dead-letters` shows
+why entries were set aside and pushes them back once the cause is fixed."""
 
 from __future__ import annotations
 
 import json
-from datetime import date
+from datetime import date, timedelta
 
 from queueflow.core.config import Settings
 from queueflow.core.dead_letters import DeadLetters
+from queueflow.core.retention import apply_retention, resend_risk
 from queueflow.core.store import EventStore, create_pool
 from queueflow.core.stream import EventStream, connect
 from queueflow.core.user_ids import UserIdHasher
@@ -21,6 +22,15 @@ async def verify(
     pool = await create_pool(settings.database_dsn(), max_size=1, command_timeout=None)
     try:
         store = EventStore(pool)
+        kept_from = await store.kept_from()
+        if kept_from is not None and first < kept_from:
+            print(
+                f"skipped {first} to {min(last, kept_from - timedelta(days=1))}: their raw "
+                "events were removed (QUEUEFLOW_RAW_RETENTION_DAYS); their aggregates stay"
+            )
+            if last < kept_from:
+                return 0
+            first = kept_from
         audit = await store.audit(first, last, site_id)
         scope = f"{site_id or 'all sites'}, {first} to {last}"
         for row in audit.stats:
@@ -55,6 +65,25 @@ async def verify(
         return 0 if after.clean else 1
     finally:
         await pool.close()
+
+
+async def retention(settings: Settings) -> int:
+    """Remove the raw events of the days older than QUEUEFLOW_RAW_RETENTION_DAYS now."""
+    keep = settings.raw_retention_days
+    if keep == 0:
+        print("QUEUEFLOW_RAW_RETENTION_DAYS is 0: raw events are kept forever, none removed")
+        return 0
+    if risk := resend_risk(settings):
+        print(f"note: {risk}")
+    pool = await create_pool(settings.database_dsn(), max_size=1, command_timeout=None)
+    try:
+        removed = await apply_retention(EventStore(pool), keep)
+    finally:
+        await pool.close()
+    for day in removed:
+        print(f"removed the raw events of {day}")
+    print(f"removed {len(removed)} days; raw events are kept for {keep} days before today")
+    return 0
 
 
 async def forget(settings: Settings, site_id: str, user_id: str | None) -> int:

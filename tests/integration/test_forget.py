@@ -12,7 +12,7 @@ import asyncpg
 
 from queueflow.core.config import Settings
 from queueflow.core.events import EventWindow, decode_event, encode_event
-from queueflow.core.store import EventStore, create_pool, stored_event
+from queueflow.core.store import ALL_AGGREGATES, EventStore, create_pool, stored_event
 from queueflow.core.user_ids import UserIdHasher
 from tests.integration.test_operator import queueflow
 
@@ -98,11 +98,7 @@ async def test_forgetting_a_user_leaves_what_a_world_without_them_would_show(
     # The same workload without a.example's u1 and u9, stored first: the independent answer.
     without = await figures(database_url, "a.example")
     conn = await asyncpg.connect(database_url)
-    await conn.execute(
-        "TRUNCATE events, site_users, daily_site_stats, hourly_site_stats, "
-        "daily_value_counts, daily_user_bits, hourly_user_bits, "
-        "daily_value_user_bits, sites"
-    )
+    await conn.execute(f"TRUNCATE events, event_ids, site_users, {ALL_AGGREGATES}")
     await conn.close()
     await store_events(database_url, events)
     assert (await figures(database_url, "a.example")) != without

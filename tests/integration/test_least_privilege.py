@@ -120,10 +120,14 @@ def test_each_service_with_only_its_own_grants(
         for service in services:
             assert httpx.get(f"{service.url}/readyz").status_code == 200
 
-        # The services' roles cannot change the schema: only the owner migrates.
+        # The services' roles cannot change the schema: only the owner migrates. The workers
+        # add and expire days through the owner's functions; reporting may not.
         for role in ("worker", "reporting"):
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 sql(roles[role], "CREATE TABLE sneaky (id int)")
+        sql(roles["worker"], "SELECT queueflow_add_event_day(current_date + 30)")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            sql(roles["reporting"], "SELECT queueflow_drop_event_day(current_date)")
 
         # A grant taken away: the worker says which, once, and goes unready meanwhile.
         sql(roles["admin"], f"REVOKE INSERT ON events FROM {urlsplit(roles['worker']).username}")

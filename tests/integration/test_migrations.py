@@ -21,7 +21,7 @@ from queueflow.core.errors import MigrationError
 from queueflow.core.migrations import default_migrations_dir, load_migrations, migrate
 from tests.conftest import with_database
 from tests.helpers import Service, service_env
-from tests.integration.old_statements import SAVE_BATCH_BEFORE_0004
+from tests.integration.old_statements import SAVE_BATCH_BEFORE_0004, SAVE_BATCH_BEFORE_0005
 
 
 def migrations_up_to(tmp_path: Path, version: str) -> Path:
@@ -253,7 +253,7 @@ async def test_range_reporting_migration_counts_the_stored_history(
     pool = await create_pool(empty_database, max_size=2)
     try:
         assert await conn.fetchval(SAVE_BATCH_BEFORE_0004, batch_document(stored)) == 60
-        assert await migrate(empty_database, default_migrations_dir()) == ["0004"]
+        assert await migrate(empty_database, default_migrations_dir()) == ["0004", "0005"]
         store = EventStore(pool)
         first, last = date(2026, 3, 1), date(2026, 3, 31)
         assert (await store.audit(first, last, None)).clean
@@ -317,7 +317,7 @@ async def test_range_reporting_migration_holds_off_the_previous_workers(
     await reading.commit()
     with pytest.raises(asyncpg.PostgresError):
         await batch
-    assert await migrating == ["0004"]
+    assert await migrating == ["0004", "0005"]
     pool = await create_pool(empty_database, max_size=1)
     try:
         assert await watcher.fetchval("SELECT count(*) FROM events") == 10
@@ -325,6 +325,130 @@ async def test_range_reporting_migration_holds_off_the_previous_workers(
         assert (await EventStore(pool).audit(today - timedelta(days=1), today, None)).clean
     finally:
         await pool.close()
+        await watcher.close()
+        await reader.close()
+        await old_worker.close()
+
+
+def _days_ago_event(site: str, event_id: str, days: int, **fields: object) -> bytes:
+    """A stored event `days` days before now (back-fills: no age limit)."""
+    from queueflow.core.events import EventWindow, decode_event, encode_event
+    from tests.helpers import event
+
+    stamp = (datetime.now(UTC) - timedelta(days=days)).isoformat()
+    raw = event(site_id=site, event_id=event_id, timestamp=stamp, **fields)
+    return (
+        b'{"received_ms":1,'
+        + encode_event(decode_event(json.dumps(raw).encode(), EventWindow(0)))[1:]
+    )
+
+
+async def test_partitioning_migration_keeps_every_stored_event(
+    empty_database: str, tmp_path: Path
+) -> None:
+    """0005 moves a populated unpartitioned events table into a partition per day: every
+    stored event is there once, with its id in event_ids, the aggregates are untouched and
+    verify is clean; resends of stored events, on their day or another, are still caught."""
+    from queueflow.core.store import SAVE_BATCH, EventStore, batch_document, create_pool
+
+    await migrate(empty_database, migrations_up_to(tmp_path, "0004"))
+    conn = await asyncpg.connect(empty_database)
+    pool = await create_pool(empty_database, max_size=1)
+    try:
+        rows = [
+            _days_ago_event(f"s{i % 3}", f"e{i}", i % 6, user_id=f"u{i % 7}", path=f"/p{i % 4}")
+            for i in range(400)
+        ]
+        rows.append(rows[5])  # a resend in the same batch
+        rows.append(_days_ago_event("s9", "e0", 2))  # another site's id e0: its own event
+        assert await conn.fetchval(SAVE_BATCH_BEFORE_0005, batch_document(rows)) == 401
+        keys = "SELECT site_id, event_id, occurred_at, user_id, path FROM events ORDER BY 1, 2"
+        aggregates = (
+            "daily_site_stats",
+            "hourly_site_stats",
+            "daily_value_counts",
+            "daily_user_bits",
+            "site_users",
+            "sites",
+        )
+        snapshot = "SELECT * FROM {} ORDER BY 1, 2, 3"
+        before = [dict(r) for r in await conn.fetch(keys)]
+        old = {t: [dict(r) for r in await conn.fetch(snapshot.format(t))] for t in aggregates}
+
+        assert await migrate(empty_database, default_migrations_dir()) == ["0005"]
+        assert [dict(r) for r in await conn.fetch(keys)] == before
+        ids = "SELECT site_id, event_id, date FROM event_ids ORDER BY 1, 2"
+        by_day = {
+            (r["site_id"], r["event_id"], r["occurred_at"].astimezone(UTC).date()) for r in before
+        }
+        assert {tuple(r) for r in await conn.fetch(ids)} == by_day
+        assert {
+            t: [dict(r) for r in await conn.fetch(snapshot.format(t))] for t in aggregates
+        } == old
+        store = EventStore(pool)
+        days = set(await store.event_days())
+        today = datetime.now(UTC).date()
+        assert {today - timedelta(days=d) for d in range(6)} <= days  # the history's days
+        assert {today + timedelta(days=d) for d in range(8)} <= days  # and the week ahead
+        # Each day's events are in that day's partition (a row outside its bounds cannot be).
+        per_partition = await conn.fetch(
+            "SELECT tableoid::regclass::text AS partition, min(date), max(date), count(*) "
+            "FROM events GROUP BY 1"
+        )
+        assert all(r["min"] == r["max"] for r in per_partition)
+        assert sum(r["count"] for r in per_partition) == 401
+        assert (await store.audit(today - timedelta(days=6), today, None)).clean
+
+        # The new workers' statement: a resend of a stored event counts nothing, whether it
+        # carries its own timestamp or another day's; a new id is one event.
+        again = [
+            rows[7],
+            _days_ago_event("s1", "e7", 4),
+            _days_ago_event("s1", "e7", 0),
+            _days_ago_event("s1", "fresh", 3),
+        ]
+        assert await conn.fetchval(SAVE_BATCH, batch_document(again)) == 1
+        assert await conn.fetchval("SELECT count(*) FROM events") == 402
+    finally:
+        await pool.close()
+        await conn.close()
+
+
+async def test_partitioning_migration_holds_off_the_previous_workers(
+    empty_database: str, tmp_path: Path
+) -> None:
+    """A previous release's worker committing while 0005 runs waits for it, then fails
+    without storing anything (its ON CONFLICT names a key the new table does not have), so
+    it acknowledges nothing and its entries go to the new workers."""
+    from queueflow.core.store import batch_document
+    from tests.helpers import payload, until
+
+    await migrate(empty_database, migrations_up_to(tmp_path, "0004"))
+    old_worker = await asyncpg.connect(empty_database)
+    rows = [b'{"received_ms":1,' + payload(event_id=f"m{i}")[1:] for i in range(20)]
+    assert await old_worker.fetchval(SAVE_BATCH_BEFORE_0005, batch_document(rows[:10])) == 10
+    reader, watcher = await asyncpg.connect(empty_database), await asyncpg.connect(empty_database)
+    reading = reader.transaction()
+    await reading.start()
+    await reader.fetchval("SELECT count(*) FROM events")  # keeps 0005 waiting at its rename
+    migrating = asyncio.create_task(migrate(empty_database, default_migrations_dir()))
+    waiting = "SELECT count(*) FROM pg_locks WHERE NOT granted"
+    await until(lambda: watcher.fetchval(waiting + " AND mode = 'AccessExclusiveLock'"))
+    batch = asyncio.create_task(
+        old_worker.fetchval(SAVE_BATCH_BEFORE_0005, batch_document(rows[10:]))
+    )
+    await until(lambda: watcher.fetchval(waiting + " AND mode = 'RowExclusiveLock'"))
+    await reading.commit()
+    with pytest.raises(asyncpg.PostgresError) as refused:
+        await batch
+    # Not a data error: a worker retries the batch instead of dead-lettering its events.
+    assert refused.value.sqlstate[:2] not in ("22", "23"), refused.value
+    assert await migrating == ["0005"]
+    try:
+        assert await watcher.fetchval("SELECT count(*) FROM events") == 10
+        assert await watcher.fetchval("SELECT count(*) FROM event_ids") == 10
+        assert await watcher.fetchval("SELECT sum(total_views) FROM daily_site_stats") == 10
+    finally:
         await watcher.close()
         await reader.close()
         await old_worker.close()

@@ -22,7 +22,15 @@ from queueflow.core.stats_tokens import parse_tokens
 
 # The `queueflow` commands (cli.py makes each): those that serve, then the one-shot ones.
 SERVING_COMMANDS = ("dev", "ingest", "reporting", "worker")
-EVERY_COMMAND = (*SERVING_COMMANDS, "migrate", "verify", "forget", "dead-letters", "smoke")
+EVERY_COMMAND = (
+    *SERVING_COMMANDS,
+    "migrate",
+    "verify",
+    "retention",
+    "forget",
+    "dead-letters",
+    "smoke",
+)
 ENV_PREFIX = "QUEUEFLOW_"
 _ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s,]+", re.IGNORECASE)
 
@@ -131,6 +139,11 @@ class Settings(BaseSettings):
     user_id_key: str | None = Field(
         None,
         min_length=16,
+    # Kept longer than max_event_age_days, every resend of a kept event is caught: event ids
+    # go with their day (DESIGN.md "Growth").
+    raw_retention_days: Annotated[int, Flag("retention")] = Field(
+        0, ge=0, description="raw events older than this many days are removed; 0 keeps them"
+    )
         repr=False,
         description="a secret: ingest replaces user ids by their HMAC-SHA256 under it",
     )

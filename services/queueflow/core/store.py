@@ -21,8 +21,10 @@ from queueflow.core.tracing import Tracing
 log = structlog.get_logger(__name__)
 
 
-# The batch itself, one statement, so one transaction: insert raw rows deduplicated on
-# (site_id, event_id), then fold only the rows actually inserted into every aggregate, so a
+# The batch itself, one statement, so one transaction: record each (site_id, event_id) in
+# event_ids, insert the raw rows of those it did not hold yet (event_ids is the dedupe key:
+# the partitioned events table cannot hold one without the day), then fold only the rows
+# actually inserted into every aggregate, so a
 # committed batch is visible to every route at once. Every write is ordered by its key so that
 # concurrent workers take row locks in the same order and cannot deadlock each other. A bitmap
 # row is written (and locked) only when the batch adds a user to it: bits are only ever set,
@@ -39,13 +41,21 @@ WITH batch AS (
         event_id text, site_id text, event_type text, path text, user_id text,
         "timestamp" timestamptz, received_ms bigint, referrer text, properties jsonb)
 ),
+-- A resend in the same batch: one of the two is stored.
+distinct_batch AS (SELECT DISTINCT ON (site_id, event_id) * FROM batch ORDER BY site_id, event_id),
+fresh AS (
+    INSERT INTO event_ids (site_id, event_id, date)
+    SELECT site_id, event_id, (occurred_at AT TIME ZONE 'UTC')::date FROM distinct_batch
+    ORDER BY site_id, event_id
+    ON CONFLICT (site_id, event_id) DO NOTHING
+    RETURNING site_id, event_id
+),
 inserted AS (
     INSERT INTO events (event_id, site_id, event_type, path, user_id, occurred_at,
                         received_at, referrer, properties)
     SELECT event_id, site_id, event_type, path, user_id, occurred_at, received_at,
            referrer, properties
-    FROM batch ORDER BY site_id, event_id
-    ON CONFLICT (site_id, event_id) DO NOTHING
+    FROM distinct_batch WHERE (site_id, event_id) IN (SELECT site_id, event_id FROM fresh)
     RETURNING site_id, date, date_trunc('hour', occurred_at, 'UTC') AS hour, event_type, path,
               referrer, user_id, event_type = 'page_view' AS viewed
 ),
@@ -198,7 +208,7 @@ LEFT JOIN (
 ) u ON u.hour = h
 ORDER BY h
 """
-# The raw events of one site in a window of at most an hour, through events_site_time.
+# The raw events of one site in a window of at most an hour, through the events key.
 REALTIME = """
 SELECT count(*) FILTER (WHERE event_type = 'page_view') AS views,
        count(DISTINCT user_id) AS users
@@ -211,7 +221,7 @@ WHERE $1::text[] IS NULL OR site_id = ANY($1::text[]) ORDER BY site_id COLLATE "
 
 # `queueflow verify`: the aggregates recounted from the raw events, compared with the stored
 # ones; `--repair` replaces them by the recount. $1 is a site or NULL for all sites, $2/$3
-# bound the UTC days. Raw events are read through events_site_time.
+# bound the UTC days. Raw events are read through their key, by site and time.
 SCOPE = "($1::text IS NULL OR site_id = $1)"
 DAYS = f"{SCOPE} AND date BETWEEN $2 AND $3"
 HOURS = (
@@ -387,15 +397,36 @@ REBUILD = [
 ]
 
 
+# The raw events' days: one partition each (events_dYYYYMMDD), added ahead by the workers and
+# dropped by retention through functions owned by the schema's owner (0005).
+EVENT_DAYS = """
+SELECT to_date(substr(c.relname, 9), 'YYYYMMDD') AS day
+FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+WHERE i.inhparent = 'events'::regclass AND c.relname ~ '^events_d[0-9]{8}$' ORDER BY 1
+"""
+ADD_DAY = "SELECT queueflow_add_event_day($1)"
+BATCH_DAYS = """
+SELECT DISTINCT ("timestamp" AT TIME ZONE 'UTC')::date AS day
+FROM json_to_recordset($1::json) AS b("timestamp" timestamptz)
+"""
+EXPIRE_IDS = "SELECT queueflow_expire_event_ids($1, $2, $3)"
+DROP_DAY = "SELECT queueflow_drop_event_day($1)"
+KEPT_FROM = "SELECT kept_from FROM raw_retention"
+# Event ids of a day removed per transaction while it expires.
+EXPIRE_CHUNK = 10_000
+
+
 # `queueflow forget`: a user's (or a whole site's) raw events and user-set rows removed and
 # the aggregates corrected, in one transaction, under the lock that repair takes (workers'
 # batches wait). $1 is the site, $2 the user.
 FORGET_LOCK = f"LOCK TABLE events, site_users, {ALL_AGGREGATES} IN SHARE ROW EXCLUSIVE MODE"
+# A forgotten user's event ids stay in event_ids (they say nothing of the user): a redelivery
+# of one of their events is not counted again. A forgotten site starts afresh.
 FORGET_SITE = [
     FORGET_LOCK,
     *(
         f"DELETE FROM {table} WHERE site_id = $1"
-        for table in ("events", "site_users", *ALL_AGGREGATES.split(", "))
+        for table in ("events", "event_ids", "site_users", *ALL_AGGREGATES.split(", "))
     ),
 ]
 # The user's events, removed and kept for the corrections below.
@@ -587,8 +618,42 @@ class EventStore:
     async def save_batch(self, events: Sequence[bytes]) -> int:
         """Store a batch of stored_event()s atomically; returns how many were new (the rest
         were duplicates)."""
+        document = batch_document(events)
         async with self._connection("INSERT", "events") as conn:
-            return await conn.fetchval(SAVE_BATCH, batch_document(events))
+            try:
+                return await conn.fetchval(SAVE_BATCH, document)
+            except asyncpg.CheckViolationError as exc:
+                if "no partition" not in str(exc):
+                    raise
+            # A day without a partition yet (a back-fill; the workers add days a week
+            # ahead): the batch's days are added, and the batch goes again.
+            for row in await conn.fetch(BATCH_DAYS, document):
+                await conn.fetchval(ADD_DAY, row["day"])
+            return await conn.fetchval(SAVE_BATCH, document)
+
+    async def event_days(self) -> list[date]:
+        """The days that have a partition of raw events."""
+        async with self._connection("SELECT", "pg_inherits") as conn:
+            return [r["day"] for r in await conn.fetch(EVENT_DAYS)]
+
+    async def add_event_days(self, days: Sequence[date]) -> list[date]:
+        """Give each day a partition; returns the days that had none."""
+        async with self._connection("CREATE", "events") as conn:
+            return [day for day in days if await conn.fetchval(ADD_DAY, day)]
+
+    async def expire_event_day(self, day: date) -> None:
+        """Remove a day's raw events: its ids from event_ids, a chunk per transaction, then
+        its partition, whole. Days before it are no longer verified."""
+        async with self._connection("DROP", "events") as conn:
+            after = await conn.fetchval(EXPIRE_IDS, day, EXPIRE_CHUNK, None)
+            while after is not None:  # the last key reached: the next chunk starts after it
+                after = await conn.fetchval(EXPIRE_IDS, day, EXPIRE_CHUNK, after)
+            await conn.fetchval(DROP_DAY, day)
+
+    async def kept_from(self) -> date | None:
+        """The first day whose raw events are kept, or None when none were ever removed."""
+        async with self._connection("SELECT", "raw_retention") as conn:
+            return await conn.fetchval(KEPT_FROM)
 
     async def totals(self, site_id: str, first: date, last: date, limit: int) -> Totals:
         async with self._connection("SELECT", "daily_site_stats") as conn:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from functools import partial
 
 import structlog
@@ -18,6 +19,7 @@ from queueflow.core.store import EventStore, create_pool
 from queueflow.core.stream import EventStream, connect
 from queueflow.core.tracing import Tracing
 from queueflow.worker.consumer import Consumer
+from queueflow.worker.raw_days import keep_raw_days
 from queueflow.worker.retry import Retrying, Stopping
 from queueflow.worker.stream_metrics import export_stream_metrics
 
@@ -62,11 +64,18 @@ async def migrate_at_start(settings: Settings, stop: asyncio.Event) -> bool:
 
 
 async def _migrate_then_consume(
-    consumer: Consumer, settings: Settings, stop: asyncio.Event
+    consumer: Consumer, store: EventStore, settings: Settings, stop: asyncio.Event
 ) -> int | None:
     if not await migrate_at_start(settings, stop):
         return 0  # stopped before consuming anything: nothing is pending
-    return await consumer.run(stop)
+    upkeep = asyncio.create_task(keep_raw_days(store, settings, stop))
+    try:
+        return await consumer.run(stop)
+    finally:
+        # Mid-day of a long expiry, it stops at once: the next worker to start goes on.
+        upkeep.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await upkeep
 
 
 async def run_worker(
@@ -85,7 +94,7 @@ async def run_worker(
     ops = create_ops_app(stream, store, consumer)
     server = make_server(ops, host, port, settings, access_log=settings.access_log)
     serving = asyncio.create_task(server.serve())
-    consuming = asyncio.create_task(_migrate_then_consume(consumer, settings, stop))
+    consuming = asyncio.create_task(_migrate_then_consume(consumer, store, settings, stop))
     exporting = asyncio.create_task(
         export_stream_metrics(stream, settings.stream_metrics_interval_ms / 1000, stop)
     )
