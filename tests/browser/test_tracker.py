@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import threading
 import time
 import uuid
@@ -41,6 +42,7 @@ navigator.sendBeacon = (url, body) => {
   window.__endpoint = url; window.__sent.push(body); return send(url, body);
 };
 """
+UUID7 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 GPC_ON = "Object.defineProperty(Navigator.prototype, 'globalPrivacyControl', {get: () => true});"
 
 
@@ -142,6 +144,10 @@ def test_a_page_on_another_origin_is_counted_exactly(services, settings) -> None
             page.evaluate("history.replaceState({}, '', '/pricing')")  # same path: no view
             page.evaluate("queueflow('event', 'signup', {plan: 'pro', seats: 3})")
             page.wait_for_function("window.__sent.length >= 4")
+            # Event ids are UUIDv7s: they lead with the time, so they sort as they were sent.
+            ids = page.evaluate("window.__sent.map((body) => JSON.parse(body).event_id)")
+            assert all(UUID7.fullmatch(i) for i in ids), ids
+            assert ids == sorted(ids) and len(set(ids)) == len(ids)
             page.evaluate("window.__resend(3)")  # the same beacon twice: counted once
             # What ingest would refuse is cut to what it accepts, never lost: nested values
             # dropped, a long path clipped.
