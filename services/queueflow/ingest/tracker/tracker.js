@@ -6,7 +6,7 @@
  *
  * One page_view on load and per history navigation, custom events and identify through
  * window.queueflow (callable before this loads: calls queue up in queueflow.q). Each
- * event carries a fresh random event_id, so a beacon sent twice counts once. No cookies;
+ * event carries a fresh event_id (a UUIDv7), so a beacon sent twice counts once. No cookies;
  * the visitor id lives in localStorage. Nothing is sent under Do-Not-Track or Global
  * Privacy Control when the tag says data-respect-dnt.
  */
