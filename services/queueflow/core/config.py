@@ -73,6 +73,12 @@ class Settings(BaseSettings):
         repr=False,
         description="PostgreSQL URL (postgresql://); embedded in dev, else needed",
     )
+    database_read_url: Annotated[PostgresDsn | None, Flag("reporting")] = Field(
+        None,
+        validation_alias=AliasChoices("DATABASE_READ_URL", "database_read_url"),
+        repr=False,
+        description="a PostgreSQL read replica reporting reads from; unset: DATABASE_URL",
+    )
 
     stream: Annotated[str, Flag()] = Field(
         "events_stream", min_length=1, description="the Redis Stream events are appended to"
@@ -128,6 +134,11 @@ class Settings(BaseSettings):
     max_event_age_days: int = Field(
         30, ge=0, description="oldest accepted timestamp, days; 0 lifts the limit (back-fills)"
     )
+    # Kept longer than max_event_age_days, every resend of a kept event is caught: event ids
+    # go with their day (DESIGN.md "Growth").
+    raw_retention_days: Annotated[int, Flag("retention")] = Field(
+        0, ge=0, description="raw events older than this many days are removed; 0 keeps them"
+    )
     cors_origins: str = Field(
         "*",
         min_length=1,
@@ -139,11 +150,6 @@ class Settings(BaseSettings):
     user_id_key: str | None = Field(
         None,
         min_length=16,
-    # Kept longer than max_event_age_days, every resend of a kept event is caught: event ids
-    # go with their day (DESIGN.md "Growth").
-    raw_retention_days: Annotated[int, Flag("retention")] = Field(
-        0, ge=0, description="raw events older than this many days are removed; 0 keeps them"
-    )
         repr=False,
         description="a secret: ingest replaces user ids by their HMAC-SHA256 under it",
     )
@@ -250,6 +256,13 @@ class Settings(BaseSettings):
         if self.database_url is None:
             raise ConfigError("DATABASE_URL is required")
         return str(self.database_url)
+
+    def database_read_dsn(self) -> str:
+        """Where reporting reads: a replica when DATABASE_READ_URL is set (migrations and
+        writes always go to DATABASE_URL)."""
+        if self.database_read_url is not None:
+            return str(self.database_read_url)
+        return self.database_dsn()
 
 
 def load_settings(**overrides: object) -> Settings:
