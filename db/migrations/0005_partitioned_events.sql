@@ -9,7 +9,9 @@
 
 -- Workers of the previous release are held off here and fail once this commits (their
 -- ON CONFLICT (site_id, event_id) names a key the new table does not have), acknowledging
--- nothing: their entries go to the new workers. The copy below reads an unchanging table.
+-- nothing: their entries go to the new workers. From the rename on, the events table is
+-- locked for reads too until this commits: the copy and the two keys' builds take minutes
+-- per tens of millions of events (README "Upgrades"); ingest keeps accepting meanwhile.
 LOCK TABLE events IN EXCLUSIVE MODE;
 ALTER TABLE events RENAME TO events_unpartitioned;
 ALTER TABLE events_unpartitioned RENAME CONSTRAINT events_pkey TO events_unpartitioned_pkey;
@@ -40,52 +42,83 @@ CREATE TABLE raw_retention (
     kept_from date NOT NULL
 );
 
--- A day's partition, created by the workers ahead of time (and for a back-filled day when a
--- batch needs it). Workers own no tables, so this runs as the schema's owner; two workers
--- adding the same day at once both succeed. Adding or dropping a
--- partition locks the whole table for an instant: waiting longer than lock_timeout behind a
--- long reader (a verify) would stall every worker's batch queued behind it, so it gives up
--- and is tried again (days are added a week ahead).
+-- The days' partitions are added and removed by the workers, which own no tables, through
+-- these functions, run as the schema's owner. Each names only this schema's tables (a
+-- caller's temporary table named like a partition is never taken for one), writes times in
+-- UTC and ISO whatever the caller's session says, and waits at most lock_timeout for a lock
+-- (waiting longer behind a long reader would stall every batch queued behind it; the worker
+-- tries again later).
+
+-- A day's partition: made apart, then attached, which locks the events table only against
+-- other attachments (CREATE TABLE ... PARTITION OF would stall every reader and writer for
+-- as long as it waited). Days that retention removed are not added again (false): a late
+-- event for such a day is refused, never counted twice. Two workers adding the same day at
+-- once both succeed.
 CREATE FUNCTION queueflow_add_event_day(day date) RETURNS boolean
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp SET lock_timeout = '2s' AS $$
+LANGUAGE plpgsql SECURITY DEFINER
+SET lock_timeout = '2s' SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' AS $$
 DECLARE
-    partition text := 'events_d' || to_char(day, 'YYYYMMDD');
+    partition text := format('%I.%I', current_schema(), 'events_d' || to_char(day, 'YYYYMMDD'));
 BEGIN
-    IF to_regclass(partition) IS NOT NULL THEN
+    IF to_regclass(partition) IS NOT NULL
+       OR day < (SELECT kept_from FROM raw_retention) THEN
         RETURN false;
     END IF;
-    EXECUTE format(
-        'CREATE TABLE %I PARTITION OF events FOR VALUES FROM (%L) TO (%L)', partition,
-        day::timestamp AT TIME ZONE 'UTC', (day + 1)::timestamp AT TIME ZONE 'UTC');
+    EXECUTE format('CREATE TABLE %s (LIKE %I.events INCLUDING DEFAULTS INCLUDING GENERATED)',
+                   partition, current_schema());
+    EXECUTE format('ALTER TABLE %I.events ATTACH PARTITION %s FOR VALUES FROM (%L) TO (%L)',
+                   current_schema(), partition, day::timestamptz, (day + 1)::timestamptz);
     RETURN true;
 EXCEPTION WHEN duplicate_table OR unique_violation THEN
     RETURN false;  -- another worker added it meanwhile
 END $$;
 
--- Retention, one day at a time and in short transactions: each call removes the ids of up
--- to `chunk` of the day's events, in key order after `after` (the last key the previous call
--- returned), and returns the last key it reached, or NULL once none is left; then
--- queueflow_drop_event_day drops the partition itself.
+-- Retention of a day, in three steps, each its own short transaction, so that no moment
+-- exists in which a resend of the day's events could be stored again:
+-- 1. its partition leaves the events table (the day is no longer read, nor written: a late
+--    event for it is refused), and verify stops checking the days up to it;
+CREATE FUNCTION queueflow_detach_event_day(day date) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET lock_timeout = '2s' SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' AS $$
+DECLARE
+    partition text := format('%I.%I', current_schema(), 'events_d' || to_char(day, 'YYYYMMDD'));
+BEGIN
+    IF day >= (now() AT TIME ZONE 'UTC')::date - 1 THEN
+        RAISE EXCEPTION 'refusing to remove the raw events of %: not older than yesterday', day;
+    END IF;
+    INSERT INTO raw_retention (kept_from) VALUES (day + 1)
+    ON CONFLICT (only_row) DO UPDATE SET kept_from = greatest(raw_retention.kept_from, day + 1);
+    IF NOT EXISTS (SELECT FROM pg_inherits WHERE inhrelid = to_regclass(partition)) THEN
+        RETURN false;
+    END IF;
+    EXECUTE format('ALTER TABLE %I.events DETACH PARTITION %s', current_schema(), partition);
+    RETURN true;
+END $$;
+
+-- 2. its ids leave event_ids, up to `chunk` per call, in key order after `after` (the last
+--    key the previous call returned); returns the last key reached, NULL once none is left;
 CREATE FUNCTION queueflow_expire_event_ids(day date, chunk integer, after text[])
 RETURNS text[]
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER
+SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' AS $$
 DECLARE
-    partition text := 'events_d' || to_char(day, 'YYYYMMDD');
+    partition text := format('%I.%I', current_schema(), 'events_d' || to_char(day, 'YYYYMMDD'));
     last record;
 BEGIN
-    IF to_regclass(partition) IS NULL THEN
-        RETURN NULL;
+    IF to_regclass(partition) IS NULL
+       OR EXISTS (SELECT FROM pg_inherits WHERE inhrelid = to_regclass(partition)) THEN
+        RETURN NULL;  -- gone already, or still a partition (not detached: keep its ids)
     END IF;
     EXECUTE format(
         'WITH chunk AS ('
-        '    SELECT site_id, occurred_at, event_id FROM %I'
+        '    SELECT site_id, occurred_at, event_id FROM %s'
         '    WHERE $1 IS NULL OR (site_id, occurred_at, event_id) > ($1[1], $1[2]::timestamptz, $1[3])'
         '    ORDER BY site_id, occurred_at, event_id LIMIT %s'
         '), gone AS ('
-        '    DELETE FROM event_ids i USING chunk c'
+        '    DELETE FROM %I.event_ids i USING chunk c'
         '    WHERE i.site_id = c.site_id AND i.event_id = c.event_id AND i.date = %L'
         ') SELECT * FROM chunk ORDER BY site_id DESC, occurred_at DESC, event_id DESC LIMIT 1',
-        partition, chunk, day)
+        partition, chunk, current_schema(), day)
     INTO last USING after;
     IF last IS NULL THEN
         RETURN NULL;
@@ -93,23 +126,33 @@ BEGIN
     RETURN ARRAY[last.site_id, last.occurred_at::text, last.event_id];
 END $$;
 
--- The day's raw events go, whole, and verify stops checking the days up to it.
+-- 3. the detached table is dropped.
 CREATE FUNCTION queueflow_drop_event_day(day date) RETURNS boolean
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp SET lock_timeout = '2s' AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET lock_timeout = '2s' AS $$
 DECLARE
-    partition text := 'events_d' || to_char(day, 'YYYYMMDD');
+    partition text := format('%I.%I', current_schema(), 'events_d' || to_char(day, 'YYYYMMDD'));
 BEGIN
-    INSERT INTO raw_retention (kept_from) VALUES (day + 1)
-    ON CONFLICT (only_row) DO UPDATE SET kept_from = greatest(raw_retention.kept_from, day + 1);
-    IF to_regclass(partition) IS NULL THEN
+    IF to_regclass(partition) IS NULL
+       OR EXISTS (SELECT FROM pg_inherits WHERE inhrelid = to_regclass(partition)) THEN
         RETURN false;
     END IF;
-    EXECUTE format('DROP TABLE %I', partition);
+    EXECUTE format('DROP TABLE %s', partition);
     RETURN true;
 END $$;
--- Only the workers (granted below) may call them: dropping days is not for every role.
-REVOKE ALL ON FUNCTION queueflow_add_event_day(date), queueflow_expire_event_ids(date, integer, text[]),
-    queueflow_drop_event_day(date) FROM PUBLIC;
+
+-- They see this schema and, last, the temporary one (never searched for functions).
+DO $$
+DECLARE
+    fn text;
+BEGIN
+    FOREACH fn IN ARRAY ARRAY['queueflow_add_event_day(date)', 'queueflow_detach_event_day(date)',
+                              'queueflow_expire_event_ids(date, integer, text[])',
+                              'queueflow_drop_event_day(date)'] LOOP
+        EXECUTE format('ALTER FUNCTION %s SET search_path = %I, pg_temp', fn, current_schema());
+        -- Only the workers (granted below) may call them: removing days is not for every role.
+        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', fn);
+    END LOOP;
+END $$;
 
 -- The history, a partition per day it holds, then the week ahead.
 SELECT queueflow_add_event_day(day) FROM (
@@ -140,13 +183,38 @@ BEGIN
         WHERE c.oid = 'events_unpartitioned'::regclass AND a.grantee NOT IN (0, c.relowner)
           AND a.privilege_type IN ('SELECT', 'INSERT', 'UPDATE', 'DELETE')
     LOOP
-        EXECUTE format('GRANT %s ON events, event_ids, raw_retention TO %s',
+        EXECUTE format('GRANT %s ON events, event_ids TO %s',
                        granted.privilege_type, granted.grantee);
         IF granted.privilege_type = 'INSERT' THEN
             EXECUTE format('GRANT EXECUTE ON FUNCTION queueflow_add_event_day(date), '
+                           'queueflow_detach_event_day(date), '
                            'queueflow_expire_event_ids(date, integer, text[]), '
                            'queueflow_drop_event_day(date) TO %s', granted.grantee);
         END IF;
+    END LOOP;
+END $$;
+
+-- raw_retention moves only through the functions above: readers may read it, no role but
+-- the owner may write it (default privileges may have granted more).
+DO $$
+DECLARE
+    granted record;
+BEGIN
+    FOR granted IN
+        SELECT DISTINCT a.grantee::regrole::text AS grantee
+        FROM pg_class c, aclexplode(c.relacl) a
+        WHERE c.oid = 'raw_retention'::regclass AND a.grantee NOT IN (0, c.relowner)
+    LOOP
+        EXECUTE format('REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON raw_retention FROM %s',
+                       granted.grantee);
+    END LOOP;
+    FOR granted IN
+        SELECT DISTINCT a.grantee::regrole::text AS grantee
+        FROM pg_class c, aclexplode(c.relacl) a
+        WHERE c.oid = 'events_unpartitioned'::regclass AND a.grantee NOT IN (0, c.relowner)
+          AND a.privilege_type = 'SELECT'
+    LOOP
+        EXECUTE format('GRANT SELECT ON raw_retention TO %s', granted.grantee);
     END LOOP;
 END $$;
 

@@ -127,9 +127,10 @@ def start_valkey(data_dir: Path, *, port: int | None = None) -> EmbeddedServer:
 
 
 def start_postgres(
-    data_dir: Path, *, port: int | None = None, durable: bool = True
+    data_dir: Path, *, port: int | None = None, durable: bool = True, replica_of: str | None = None
 ) -> EmbeddedServer:
-    """PostgreSQL on 127.0.0.1 with trust auth; `durable=False` turns off fsync for tests."""
+    """PostgreSQL on 127.0.0.1 with trust auth; `durable=False` turns off fsync for tests.
+    With `replica_of` (a running server's URL), a streaming replica of it, read-only."""
     bin_path = _postgres_bin_path()
     data_dir.mkdir(parents=True, exist_ok=True)
     data_dir = data_dir.resolve()
@@ -144,8 +145,12 @@ def start_postgres(
         shutil.rmtree(pgdata, ignore_errors=True)
         pgdata.mkdir(mode=0o700)
         _chown(pgdata, run_as)
+        # The primary's copy, set up to follow it (standby.signal, primary_conninfo).
+        copy = [str(bin_path / "pg_basebackup"), "-d", replica_of or "", "-D", str(pgdata)]
         subprocess.run(
-            [
+            [*copy, "--write-recovery-conf", "--wal-method=stream", "--no-sync"]
+            if replica_of
+            else [
                 str(bin_path / "initdb"),
                 "-D",
                 str(pgdata),

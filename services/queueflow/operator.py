@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from datetime import date, timedelta
 
+import asyncpg
+
 from queueflow.core.config import Settings
 from queueflow.core.dead_letters import DeadLetters
 from queueflow.core.retention import apply_retention, resend_risk
@@ -22,16 +24,15 @@ async def verify(
     pool = await create_pool(settings.database_dsn(), max_size=1, command_timeout=None)
     try:
         store = EventStore(pool)
-        kept_from = await store.kept_from()
-        if kept_from is not None and first < kept_from:
+        audit = await store.audit(first, last, site_id)
+        if audit.first > first:
             print(
-                f"skipped {first} to {min(last, kept_from - timedelta(days=1))}: their raw "
+                f"skipped {first} to {min(last, audit.first - timedelta(days=1))}: their raw "
                 "events were removed (QUEUEFLOW_RAW_RETENTION_DAYS); their aggregates stay"
             )
-            if last < kept_from:
+            if audit.first > last:
                 return 0
-            first = kept_from
-        audit = await store.audit(first, last, site_id)
+            first = audit.first
         scope = f"{site_id or 'all sites'}, {first} to {last}"
         for row in audit.stats:
             print(
@@ -78,6 +79,10 @@ async def retention(settings: Settings) -> int:
     pool = await create_pool(settings.database_dsn(), max_size=1, command_timeout=None)
     try:
         removed = await apply_retention(EventStore(pool), keep)
+    except asyncpg.LockNotAvailableError:
+        # A long reader (a verify) holds the events table: waiting would stall the workers.
+        print("a reader holds the raw events (a verify?): nothing removed now, try again later")
+        return 1
     finally:
         await pool.close()
     for day in removed:
@@ -93,7 +98,9 @@ async def forget(settings: Settings, site_id: str, user_id: str | None) -> int:
         stored = UserIdHasher(settings.user_id_key)(site_id, user_id)  # as ingest stored it
     pool = await create_pool(settings.database_dsn(), max_size=1, command_timeout=None)
     try:
-        gone = await EventStore(pool).forget(site_id, stored)
+        store = EventStore(pool)
+        gone = await store.forget(site_id, stored)
+        kept_from = await store.kept_from()
     finally:
         await pool.close()
     if user_id is None:
@@ -108,6 +115,11 @@ async def forget(settings: Settings, site_id: str, user_id: str | None) -> int:
             f"forgot user {user_id!r} of {site_id}: {gone.events} events "
             f"({gone.views} page views) over {gone.days} days"
         )
+        if kept_from is not None:
+            print(
+                f"before {kept_from} the raw events were removed: the user is gone from the "
+                "unique counts there, their page views stay in the totals, uncounted"
+            )
     return 0
 
 

@@ -258,3 +258,162 @@ async def test_retention_zero_keeps_everything(settings: Settings) -> None:
     done = queueflow(settings, "retention")
     assert done.returncode == 0
     assert "kept forever" in done.stdout
+
+
+async def test_a_day_being_removed_never_takes_a_resend_twice(
+    store: EventStore, database_url: str
+) -> None:
+    """Retention stopped after detaching a day (before its ids went): a resend of that day's
+    event is still a duplicate, a new event for it is refused as a data error (set aside, not
+    stored), and the next retention finishes the day."""
+    events = backfill()[:200]
+    assert await store.save_batch(rows(events)) == len(events)
+    oldest = TODAY - timedelta(days=DAYS - 1)
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert await conn.fetchval("SELECT queueflow_detach_event_day($1)", oldest)
+        views = "SELECT total_views FROM daily_site_stats WHERE date = $1 ORDER BY site_id"
+        before = await conn.fetch(views, oldest)
+        resend = [e for e in events if e["timestamp"][:10] == str(oldest)]
+        assert await store.save_batch(rows(resend[:1])) == 0  # its id is still known
+        with pytest.raises(asyncpg.CheckViolationError):  # a new id for that day: refused
+            await store.save_batch(rows([{**resend[0], "event_id": "late"}]))
+        assert await conn.fetch(views, oldest) == before
+        assert await store.event_days(detached=True) == [oldest]
+        assert oldest in await apply_retention(store, KEEP)
+        assert await store.event_days(detached=True) == []
+        assert await conn.fetchval("SELECT count(*) FROM event_ids WHERE date = $1", oldest) == 0
+        with pytest.raises(asyncpg.RaiseError):  # never yesterday's or today's
+            await conn.fetchval("SELECT queueflow_detach_event_day($1)", TODAY - timedelta(1))
+    finally:
+        await conn.close()
+
+
+async def test_days_are_utc_days_whatever_the_session_says(database_url: str) -> None:
+    """A caller whose session writes times in another zone and style (PostgreSQL 15 reads
+    some zone abbreviations back wrong) still gets UTC-midnight bounds, and retention's
+    cursor still advances."""
+    day = TODAY - timedelta(days=200)
+    conn = await asyncpg.connect(
+        database_url, server_settings={"DateStyle": "SQL, MDY", "TimeZone": "Europe/Dublin"}
+    )
+    try:
+        assert await conn.fetchval("SELECT queueflow_add_event_day($1)", day)
+        assert await conn.fetchval("SELECT queueflow_add_event_day($1)", day + timedelta(1))
+        bounds = await _bounds(database_url, f"events_d{day:%Y%m%d}")  # read back in UTC
+        assert f"'{day} 00:00:00+00'" in bounds and f"'{day + timedelta(1)} 00:00:00+00'" in bounds
+        stamp = datetime.combine(day, datetime.min.time(), UTC) + timedelta(hours=13)
+        await conn.execute(
+            "INSERT INTO events (event_id, site_id, event_type, path, user_id, occurred_at,"
+            " received_at) SELECT 'e' || i, 's', 'page_view', '/', 'u', $1, $1"
+            " FROM generate_series(1, 25) AS i",
+            stamp,
+        )
+        await conn.execute(
+            "INSERT INTO event_ids SELECT site_id, event_id, date FROM events WHERE date = $1", day
+        )
+        assert await conn.fetchval("SELECT queueflow_detach_event_day($1)", day)
+        after, calls = None, 0
+        while (
+            after := await conn.fetchval(
+                "SELECT queueflow_expire_event_ids($1, 10, $2)", day, after
+            )
+        ) is not None:
+            calls += 1
+            assert calls < 10, after
+        assert calls == 3
+        assert await conn.fetchval("SELECT count(*) FROM event_ids WHERE date = $1", day) == 0
+    finally:
+        await conn.close()
+
+
+async def _bounds(database_url: str, partition: str) -> str:
+    conn = await asyncpg.connect(database_url, server_settings={"TimeZone": "UTC"})
+    try:
+        query = "SELECT pg_get_expr(relpartbound, oid) FROM pg_class WHERE relname = $1"
+        return await conn.fetchval(query, partition)
+    finally:
+        await conn.close()
+
+
+async def test_a_callers_temporary_table_is_never_taken_for_a_partition(
+    store: EventStore, database_url: str
+) -> None:
+    day = TODAY - timedelta(days=300)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            f"CREATE TEMPORARY TABLE events_d{day:%Y%m%d} AS SELECT * FROM event_ids"
+        )
+        victim = [
+            {
+                "site_id": "victim",
+                "event_id": "v1",
+                "event_type": "page_view",
+                "path": "/",
+                "user_id": "u",
+                "timestamp": at(1),
+            }
+        ]
+        assert await store.save_batch(rows(victim)) == 1
+        await conn.execute(f"INSERT INTO events_d{day:%Y%m%d} SELECT * FROM event_ids")
+        assert await conn.fetchval("SELECT queueflow_expire_event_ids($1, 10, NULL)", day) is None
+        assert await conn.fetchval("SELECT count(*) FROM event_ids WHERE site_id = 'victim'") == 1
+        assert await conn.fetchval("SELECT queueflow_add_event_day($1)", day)  # the real one
+        assert day in await store.event_days()
+    finally:
+        await conn.close()
+
+
+async def test_a_day_is_added_while_a_long_reader_holds_the_events(
+    store: EventStore, database_url: str
+) -> None:
+    """Attaching a new day does not wait for readers, nor make writers wait."""
+    reader = await asyncpg.connect(database_url)
+    try:
+        reading = reader.transaction(isolation="repeatable_read")
+        await reading.start()
+        await reader.fetchval("SELECT count(*) FROM events")  # as verify does, for minutes
+        started = time.monotonic()
+        assert await store.add_event_days([TODAY + timedelta(days=40)]) == [
+            TODAY + timedelta(days=40)
+        ]
+        batch = [
+            {
+                "site_id": "s",
+                "event_id": "during",
+                "event_type": "page_view",
+                "path": "/",
+                "user_id": "u",
+                "timestamp": at(0),
+            }
+        ]
+        assert await store.save_batch(rows(batch)) == 1
+        assert time.monotonic() - started < 1.5
+        await reading.rollback()
+    finally:
+        await reader.close()
+
+
+async def test_retention_gives_way_to_a_long_reader(
+    store: EventStore, settings: Settings, database_url: str
+) -> None:
+    """Detaching a day waits at most 2 s behind a reader (a verify), so the workers' batches
+    queued behind it are never stalled for long; it says so, and the next try removes it."""
+    events = backfill()
+    assert await store.save_batch(rows(events)) == len(events)
+    reader = await asyncpg.connect(database_url)
+    try:
+        reading = reader.transaction(isolation="repeatable_read")
+        await reading.start()
+        await reader.fetchval("SELECT count(*) FROM events")
+        env = {"QUEUEFLOW_RAW_RETENTION_DAYS": str(KEEP)}
+        held = queueflow(settings, "retention", env=env)
+        assert held.returncode == 1 and "try again later" in held.stdout, held.stdout
+        await reading.rollback()
+    finally:
+        await reader.close()
+    assert min(await store.event_days()) == FIRST
+    done = queueflow(settings, "retention", env=env)
+    assert done.returncode == 0 and done.stdout.startswith("note: "), done.stdout
+    assert min(await store.event_days()) == TODAY - timedelta(days=KEEP)

@@ -38,7 +38,9 @@ async def apply_retention(
     if keep_days <= 0:
         return []
     first_kept = first_kept_day(keep_days, today or utc_today())
-    expired = [day for day in await store.event_days() if day < first_kept]
+    # And any day a previous run detached but did not finish removing.
+    unfinished = await store.event_days(detached=True)
+    expired = sorted({*unfinished, *(d for d in await store.event_days() if d < first_kept)})
     for day in expired:
         await store.expire_event_day(day)
     return expired

@@ -404,14 +404,25 @@ SELECT to_date(substr(c.relname, 9), 'YYYYMMDD') AS day
 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
 WHERE i.inhparent = 'events'::regclass AND c.relname ~ '^events_d[0-9]{8}$' ORDER BY 1
 """
+# Days detached by a retention that stopped before dropping them.
+DETACHED_DAYS = """
+SELECT to_date(substr(c.relname, 9), 'YYYYMMDD') AS day FROM pg_class c
+WHERE c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = 'events'::regclass)
+  AND c.relname ~ '^events_d[0-9]{8}$' AND c.relkind = 'r'
+  AND NOT EXISTS (SELECT FROM pg_inherits i WHERE i.inhrelid = c.oid)
+ORDER BY 1
+"""
 ADD_DAY = "SELECT queueflow_add_event_day($1)"
 BATCH_DAYS = """
 SELECT DISTINCT ("timestamp" AT TIME ZONE 'UTC')::date AS day
 FROM json_to_recordset($1::json) AS b("timestamp" timestamptz)
 """
+DETACH_DAY = "SELECT queueflow_detach_event_day($1)"
 EXPIRE_IDS = "SELECT queueflow_expire_event_ids($1, $2, $3)"
 DROP_DAY = "SELECT queueflow_drop_event_day($1)"
 KEPT_FROM = "SELECT kept_from FROM raw_retention"
+# Held by verify and repair: retention cannot take a day away while they read the events.
+HOLD_DAYS = "LOCK TABLE events IN ACCESS SHARE MODE"
 # Event ids of a day removed per transaction while it expires.
 EXPIRE_CHUNK = 10_000
 
@@ -420,8 +431,6 @@ EXPIRE_CHUNK = 10_000
 # the aggregates corrected, in one transaction, under the lock that repair takes (workers'
 # batches wait). $1 is the site, $2 the user.
 FORGET_LOCK = f"LOCK TABLE events, site_users, {ALL_AGGREGATES} IN SHARE ROW EXCLUSIVE MODE"
-# A forgotten user's event ids stay in event_ids (they say nothing of the user): a redelivery
-# of one of their events is not counted again. A forgotten site starts afresh.
 FORGET_SITE = [
     FORGET_LOCK,
     *(
@@ -434,8 +443,8 @@ FORGET_EVENTS = """
 CREATE TEMPORARY TABLE forgotten ON COMMIT DROP AS
 WITH gone AS (
     DELETE FROM events WHERE site_id = $1 AND user_id = $2
-    RETURNING date, date_trunc('hour', occurred_at, 'UTC') AS hour, event_type, path, referrer,
-              event_type = 'page_view' AS viewed
+    RETURNING event_id, date, date_trunc('hour', occurred_at, 'UTC') AS hour, event_type, path,
+              referrer, event_type = 'page_view' AS viewed
 )
 SELECT * FROM gone
 """
@@ -450,6 +459,7 @@ THE_USER = (
 FORGET_USER = [
     FORGET_LOCK,
     FORGET_EVENTS,
+    "DELETE FROM event_ids i USING forgotten f WHERE i.site_id = $1 AND i.event_id = f.event_id",
     """UPDATE daily_site_stats s SET total_views = s.total_views - f.views
     FROM (SELECT date, count(*) FILTER (WHERE viewed) AS views FROM forgotten GROUP BY 1) f
     WHERE s.site_id = $1 AND s.date = f.date""",
@@ -495,6 +505,20 @@ SELECT count(*) AS events, count(*) FILTER (WHERE viewed) AS views,
 """
 
 
+def _no_partition(exc: asyncpg.CheckViolationError) -> bool:
+    """A row for a day the events table has no partition for (whatever the server's
+    language: told by the function that raised it)."""
+    return getattr(exc, "server_source_function", None) == "ExecFindPartition"
+
+
+async def _kept_days_from(conn: asyncpg.Connection, first: date) -> date:
+    """`first`, or the first day whose raw events are kept if later, held so (in the
+    caller's transaction) against a retention removing more meanwhile."""
+    await conn.execute(HOLD_DAYS)
+    kept_from = await conn.fetchval(KEPT_FROM)
+    return max(first, kept_from) if kept_from else first
+
+
 def placeholders(statement: str) -> int:
     """How many parameters ($1, $2, ...) a statement takes."""
     return max((int(n) for n in re.findall(r"\$(\d+)", statement)), default=0)
@@ -515,6 +539,7 @@ def batch_document(events: Sequence[bytes]) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Audit:
+    first: date  # the first day checked: the range's, or the first whose raw events are kept
     site_days: int  # site-days that have raw events in the range
     stats: list[dict]  # site-days whose views or unique users differ from the recount
     hours: list[dict]  # hourly_site_stats rows that differ
@@ -623,18 +648,21 @@ class EventStore:
             try:
                 return await conn.fetchval(SAVE_BATCH, document)
             except asyncpg.CheckViolationError as exc:
-                if "no partition" not in str(exc):
+                if not _no_partition(exc):
                     raise
             # A day without a partition yet (a back-fill; the workers add days a week
-            # ahead): the batch's days are added, and the batch goes again.
+            # ahead): the batch's days are added, and the batch goes again. A day that
+            # retention removed is not added back: its events fail again, as the data errors
+            # they are, and are set aside.
             for row in await conn.fetch(BATCH_DAYS, document):
                 await conn.fetchval(ADD_DAY, row["day"])
             return await conn.fetchval(SAVE_BATCH, document)
 
-    async def event_days(self) -> list[date]:
-        """The days that have a partition of raw events."""
+    async def event_days(self, *, detached: bool = False) -> list[date]:
+        """The days that have a partition of raw events (detached: those a retention left
+        detached and not yet dropped)."""
         async with self._connection("SELECT", "pg_inherits") as conn:
-            return [r["day"] for r in await conn.fetch(EVENT_DAYS)]
+            return [r["day"] for r in await conn.fetch(DETACHED_DAYS if detached else EVENT_DAYS)]
 
     async def add_event_days(self, days: Sequence[date]) -> list[date]:
         """Give each day a partition; returns the days that had none."""
@@ -642,9 +670,11 @@ class EventStore:
             return [day for day in days if await conn.fetchval(ADD_DAY, day)]
 
     async def expire_event_day(self, day: date) -> None:
-        """Remove a day's raw events: its ids from event_ids, a chunk per transaction, then
-        its partition, whole. Days before it are no longer verified."""
+        """Remove a day's raw events: its partition detached (no longer read or written;
+        days up to it are no longer verified), its ids removed from event_ids a chunk per
+        transaction, then the detached table dropped. Stopped midway, it resumes."""
         async with self._connection("DROP", "events") as conn:
+            await conn.fetchval(DETACH_DAY, day)
             after = await conn.fetchval(EXPIRE_IDS, day, EXPIRE_CHUNK, None)
             while after is not None:  # the last key reached: the next chunk starts after it
                 after = await conn.fetchval(EXPIRE_IDS, day, EXPIRE_CHUNK, after)
@@ -692,15 +722,20 @@ class EventStore:
         return [Site(*r) for r in found]
 
     async def audit(self, first: date, last: date, site_id: str | None) -> Audit:
-        """Compare stored aggregates with a recount from the raw events, in one snapshot."""
-        args = (site_id, first, last)
+        """Compare stored aggregates with a recount from the raw events, in one snapshot, on
+        the range's days whose raw events are kept."""
         async with (
             self.pool.acquire() as conn,
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
+            first = await _kept_days_from(conn, first)
+            if first > last:
+                return Audit(first, 0, [], [], [], 0, 0)
+            args = (site_id, first, last)
             unnumbered = await conn.fetchval(f"SELECT count(*) FROM ({UNNUMBERED_USERS}) u", *args)
             bitmap_rows = [await conn.fetchval(q, *args) for q in BITS_DIFFERENCES]
             return Audit(
+                first=first,
                 site_days=await conn.fetchval(CHECKED_DAYS, *args),
                 stats=[dict(r) for r in await conn.fetch(STATS_DIFFERENCES, *args)],
                 hours=[dict(r) for r in await conn.fetch(HOUR_DIFFERENCES, *args)],
@@ -710,9 +745,13 @@ class EventStore:
             )
 
     async def rebuild_aggregates(self, first: date, last: date, site_id: str | None) -> None:
-        """Rewrite the aggregates of the range from the raw events, in one transaction."""
-        args = (site_id, first, last)
+        """Rewrite the aggregates of the range's kept days from the raw events, in one
+        transaction (removed days keep theirs: nothing is left to recount them from)."""
         async with self.pool.acquire() as conn, conn.transaction():
+            first = await _kept_days_from(conn, first)
+            if first > last:
+                return
+            args = (site_id, first, last)
             for statement in REBUILD:
                 await conn.execute(statement, *args[: placeholders(statement)])
 

@@ -119,7 +119,7 @@ TOKEN_ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
-    database_url = settings.database_dsn()
+    database_url = settings.database_read_dsn()
 
     tokens = StatsTokens(settings.stats_tokens)
     bearer = HTTPBearer(auto_error=False, description="QUEUEFLOW_STATS_TOKENS")
