@@ -17,6 +17,7 @@ import redis.asyncio as redis
 from queueflow.core.config import Settings, load_settings
 from queueflow.core.migrations import default_migrations_dir, migrate
 from queueflow.embedded import start_postgres, start_valkey
+from tests.redis_cluster import MISSING, RedisClusterNodes
 
 TEMPLATE_DB = "queueflow_test_template"
 
@@ -41,6 +42,18 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
     finally:
         for server in reversed(started):
             server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNodes]:
+    """A real Redis Cluster (3 primaries, 3 replicas) for the whole session."""
+    if MISSING:
+        pytest.skip(MISSING)
+    nodes = RedisClusterNodes(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        yield nodes.start()
+    finally:
+        nodes.stop()
 
 
 def with_database(url: str, name: str) -> str:
@@ -95,6 +108,15 @@ def settings(servers: dict[str, str], database_url: str) -> Settings:
         dead_letter_stream=f"dead_{tag}",
         consumer=f"test-{tag}",
         block_ms=100,
+    )
+
+
+@pytest.fixture
+def cluster_settings(redis_cluster: RedisClusterNodes, settings: Settings) -> Settings:
+    """This test's settings on the Redis Cluster, the stream in 4 partitions (slots on each
+    of the 3 primaries)."""
+    return settings.model_copy(
+        update={"redis_url": redis_cluster.url, "redis_cluster": True, "stream_partitions": 4}
     )
 
 

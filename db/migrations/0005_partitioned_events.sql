@@ -64,12 +64,12 @@ BEGIN
        OR day < (SELECT kept_from FROM raw_retention) THEN
         RETURN false;
     END IF;
-    EXECUTE format('CREATE TABLE %s (LIKE %I.events INCLUDING DEFAULTS INCLUDING GENERATED)',
-                   partition, current_schema());
+    EXECUTE format('CREATE TABLE %s (LIKE %I.events INCLUDING DEFAULTS INCLUDING GENERATED '
+                   'INCLUDING CONSTRAINTS)', partition, current_schema());
     EXECUTE format('ALTER TABLE %I.events ATTACH PARTITION %s FOR VALUES FROM (%L) TO (%L)',
                    current_schema(), partition, day::timestamptz, (day + 1)::timestamptz);
     RETURN true;
-EXCEPTION WHEN duplicate_table OR unique_violation THEN
+EXCEPTION WHEN duplicate_table OR duplicate_object OR unique_violation THEN
     RETURN false;  -- another worker added it meanwhile
 END $$;
 

@@ -126,7 +126,7 @@ async def forget(settings: Settings, site_id: str, user_id: str | None) -> int:
 async def dead_letters(
     settings: Settings, action: str, ids: list[str], every: bool, count: int, after: str | None
 ) -> int:
-    client = connect(settings.redis_dsn(), timeout_s=10)
+    client = connect(settings.redis_dsn(), timeout_s=10, cluster=settings.redis_cluster)
     try:
         letters = DeadLetters(EventStream(client, settings))
         if action == "list":

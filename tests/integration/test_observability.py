@@ -128,8 +128,8 @@ def test_metrics_logs_and_export_after_a_workload(settings, tmp_path: Path, otlp
         until_sync(lambda: worker.metric("queueflow_stream_lag_entries") == 0)
         until_sync(lambda: worker.metric("queueflow_stream_pending_entries") == 0)
         found = samples(worker.url)
-        assert value(found, "queueflow_stream_consumers") == 1
-        assert value(found, "queueflow_stream_oldest_pending_age_seconds") == 0
+        assert value(found, "queueflow_stream_consumers", partition="0") == 1
+        assert value(found, "queueflow_stream_oldest_pending_age_seconds", partition="0") == 0
         assert value(found, "queueflow_dead_letter_length_entries") == 0
         assert "queueflow_stream_length_entries" in {name for name, _ in found}
 

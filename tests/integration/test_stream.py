@@ -17,6 +17,7 @@ from queueflow.core.stream import (
     EVENT_FIELD,
     REASON_FIELD,
     SOURCE_ID_FIELD,
+    SOURCE_STREAM_FIELD,
     TRACEPARENT_FIELD,
     Entry,
     EventStream,
@@ -132,6 +133,7 @@ async def test_dead_letters_are_kept_listed_paged_and_deleted(
             TRACEPARENT_FIELD: TRACEPARENT,
             REASON_FIELD: b"reason %d" % n,
             SOURCE_ID_FIELD: entry.id,
+            SOURCE_STREAM_FIELD: settings.stream.encode(),
             DELIVERIES_FIELD: b"%d" % (n + 1),
         }
         for n, entry in enumerate(entries)

@@ -9,12 +9,18 @@ from queueflow.worker.reclaim import START, Reclaimer
 class Pages:
     """A stream whose XAUTOCLAIM answers the given (next cursor, entries) pages in turn."""
 
+    partitions = 1
+
     def __init__(self, *pages: tuple[bytes, int]) -> None:
         self.pages = list(pages)
         self.cursors: list[bytes] = []
+        self.claimed_from: list[int] = []
 
-    async def claim_idle(self, consumer: str, *, min_idle_ms: int, cursor: bytes, count: int):
+    async def claim_idle(
+        self, consumer: str, *, min_idle_ms: int, cursor: bytes, count: int, partition: int
+    ):
         self.cursors.append(cursor)
+        self.claimed_from.append(partition)
         next_cursor, n = self.pages.pop(0)
         return next_cursor, [Entry(b"%d-0" % i, {}) for i in range(n)]
 
@@ -41,3 +47,14 @@ async def test_a_new_pass_starts_from_the_beginning_once_the_interval_passed() -
     assert r.due()
     await r.next_page()
     assert stream.cursors == [START, START]
+
+
+async def test_a_pass_walks_every_partition_in_turn() -> None:
+    stream = Pages((b"5-0", 2), (START, 1), (START, 2))
+    stream.partitions = 2
+    r = reclaimer(stream)
+    assert len(await r.next_page()) == 2 and r.partition == 0 and r.due()
+    assert len(await r.next_page()) == 1 and r.partition == 1 and r.due()  # on to the next
+    assert len(await r.next_page()) == 2 and r.partition == 0
+    assert stream.claimed_from == [0, 0, 1] and stream.cursors == [START, b"5-0", START]
+    assert not r.due()  # every partition's pass complete: the next after the interval

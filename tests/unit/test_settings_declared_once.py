@@ -34,7 +34,9 @@ FLAGS_BEFORE = {
     "dev": [*EVERYWHERE, *WORKER, "--workers"],
     "worker": [*EVERYWHERE, *WORKER],
     "dead-letters": [*EVERYWHERE, "--dead-letter-stream"],
-    **{c: EVERYWHERE for c in ("ingest", "reporting", "migrate", "verify", "forget", "smoke")},
+    "reporting": [*EVERYWHERE, "--database-read-url"],
+    "retention": [*EVERYWHERE, "--raw-retention-days"],
+    **{c: EVERYWHERE for c in ("ingest", "migrate", "verify", "forget", "smoke")},
 }
 
 
@@ -61,6 +63,8 @@ def other_value(name: str) -> object:
         return "redis://:pw@cache:6380/2"
     if name == "database_url":
         return "postgresql://u:pw@db:5432/qf"
+    if name == "database_read_url":
+        return "postgresql://u:pw@replica:5432/qf"
     if name in ("consumer", "migrations_dir"):
         return f"other-{name}"
     if name == "user_id_key":
@@ -136,7 +140,13 @@ def test_the_service_environment_keeps_secrets_out_unless_asked() -> None:
     assert "REDIS_URL" not in env and "pw" not in str(env)
     assert "DATABASE_URL" not in env  # unset: left out, never "None"
     secrets = {n for n in Settings.model_fields if is_secret(n)}
-    assert secrets == {"redis_url", "database_url", "user_id_key", "stats_tokens"}
+    assert secrets == {
+        "redis_url",
+        "database_url",
+        "database_read_url",
+        "user_id_key",
+        "stats_tokens",
+    }
     assert service_environment(settings, only=["stream", "redis_url"], secrets=True) == {
         "QUEUEFLOW_STREAM": "s",
         "REDIS_URL": "redis://:pw@cache:6380/0",

@@ -83,6 +83,17 @@ class Settings(BaseSettings):
     stream: Annotated[str, Flag()] = Field(
         "events_stream", min_length=1, description="the Redis Stream events are appended to"
     )
+    # Bounded: each partition is a label value of the stream gauges.
+    stream_partitions: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="streams the events are spread over, STREAM:{0} to STREAM:{N-1}; "
+        "1: STREAM itself",
+    )
+    redis_cluster: bool = Field(
+        False, description="REDIS_URL names one node of a Redis Cluster (or Valkey Cluster)"
+    )
     group: Annotated[str, Flag()] = Field(
         "analytics_workers", min_length=1, description="the workers' consumer group"
     )

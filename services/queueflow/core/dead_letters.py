@@ -1,7 +1,8 @@
 """Reading, replaying and purging the dead-letter stream (`queueflow dead-letters`).
 
-A dead letter holds the original entry's fields plus `reason`, `source_id` and `deliveries`.
-Replaying appends the original `event` payload to the event stream again, then deletes the
+A dead letter holds the original entry's fields plus `reason`, `source_id`, `source_stream`
+(the partition it came from) and `deliveries`. Replaying appends the original `event` payload
+to the event stream again (to a partition, as ingest appends), then deletes the
 dead letter: in that order, so a crash in between replays twice, which the worker's
 deduplication on event_id absorbs — the event is still counted exactly once. The Redis side
 is EventStream's (core/stream.py); this is the operator's view of it.
@@ -17,12 +18,13 @@ from queueflow.core.stream import (
     EVENT_FIELD,
     REASON_FIELD,
     SOURCE_ID_FIELD,
+    SOURCE_STREAM_FIELD,
     TRACEPARENT_FIELD,
     Entry,
     EventStream,
 )
 
-META_FIELDS = (REASON_FIELD, SOURCE_ID_FIELD, DELIVERIES_FIELD)
+META_FIELDS = (REASON_FIELD, SOURCE_ID_FIELD, SOURCE_STREAM_FIELD, DELIVERIES_FIELD)
 PAGE = 100  # dead letters read per round trip when going through all of them
 
 
@@ -31,6 +33,7 @@ class DeadLetter:
     id: str
     reason: str
     source_id: str
+    source_stream: str  # empty for dead letters of before partitions
     deliveries: int
     original: dict[str, str]  # the entry's own fields, as text
 
@@ -43,6 +46,7 @@ class DeadLetter:
             "id": self.id,
             "reason": self.reason,
             "source_id": self.source_id,
+            "source_stream": self.source_stream,
             "deliveries": self.deliveries,
             "fields": self.original,
         }
@@ -57,6 +61,7 @@ def _dead_letter(entry: Entry) -> DeadLetter:
         id=text(entry.id),
         reason=text(fields.get(REASON_FIELD, b"")),
         source_id=text(fields.get(SOURCE_ID_FIELD, b"")),
+        source_stream=text(fields.get(SOURCE_STREAM_FIELD, b"")),
         deliveries=int(fields.get(DELIVERIES_FIELD, b"0") or 0),
         original={text(k): text(v) for k, v in fields.items() if k not in META_FIELDS},
     )

@@ -102,19 +102,28 @@ WORKER_BATCH_DURATION = Histogram(
 )
 
 # The stream as the group sees it, read by each worker every QUEUEFLOW_STREAM_METRICS_INTERVAL_MS
-# (every worker exports the same figures: aggregate them with max, not sum).
-STREAM_LENGTH = Gauge("queueflow_stream_length_entries", "Entries in the stream (XLEN).")
+# (every worker exports the same figures: aggregate them with max, not sum), by `partition`,
+# the index of the stream's partition ("0" only, unless QUEUEFLOW_STREAM_PARTITIONS > 1): the
+# stream's totals are `sum(max by (partition) (...))`.
+STREAM_LENGTH = Gauge(
+    "queueflow_stream_length_entries", "Entries in the stream (XLEN).", ["partition"]
+)
 STREAM_LAG = Gauge(
-    "queueflow_stream_lag_entries", "Entries not yet delivered to the consumer group."
+    "queueflow_stream_lag_entries",
+    "Entries not yet delivered to the consumer group.",
+    ["partition"],
 )
 STREAM_PENDING = Gauge(
-    "queueflow_stream_pending_entries", "Entries delivered but not yet acknowledged."
+    "queueflow_stream_pending_entries", "Entries delivered but not yet acknowledged.", ["partition"]
 )
 STREAM_OLDEST_PENDING_AGE = Gauge(
     "queueflow_stream_oldest_pending_age_seconds",
     "Age of the oldest pending entry (0 when none is pending).",
+    ["partition"],
 )
-STREAM_CONSUMERS = Gauge("queueflow_stream_consumers", "Consumers registered in the group.")
+STREAM_CONSUMERS = Gauge(
+    "queueflow_stream_consumers", "Consumers registered in the group.", ["partition"]
+)
 DEAD_LETTER_LENGTH = Gauge(
     "queueflow_dead_letter_length_entries", "Entries in the dead-letter stream."
 )

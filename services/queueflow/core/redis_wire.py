@@ -8,6 +8,16 @@ RESP or touches redis-py internals: `conn._parser` and its hiredis `_reader`,
 arguments, `send_packed_command` and `disconnect(nowait=True)`. The redis-py versions they
 hold for are pinned in pyproject.toml; tests/unit/test_redis_wire.py fails when the hiredis
 reader stops being reachable, rather than ingest silently taking the slow path.
+
+With a Redis Cluster client the same packed commands go to the primary owning their key, on a
+connection of that node taken from redis-py's cluster client (`ClusterNode.acquire_connection`
+and `release`, `nodes_manager.initialize()` to re-read the slots): redirects are followed here
+as redis-py follows them for its own commands. MOVED (the slot has a new owner: a failover or
+a resharding) re-reads the slots and resends, ASK resends once to the importing node after
+ASKING, TRYAGAIN waits a moment and resends. A command refused with a redirect was not
+executed, so resending it never applies it twice; in a MULTI ... EXEC a refused command makes
+EXEC refuse the whole, which is resent whole. A node that does not answer raises, as for one
+server, after the slots are re-read (it may have failed over).
 """
 
 from __future__ import annotations
@@ -18,7 +28,16 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis.asyncio as redis
-from redis.exceptions import ResponseError
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.utils import HIREDIS_AVAILABLE
 
 try:  # what redis-py's hiredis reader returns for "read more" (internal to redis-py)
@@ -32,6 +51,11 @@ except ImportError:  # pragma: no cover - a redis-py without it reads replies on
 FAST_PATH: bool = HIREDIS_AVAILABLE and NOT_ENOUGH_DATA is not None
 
 Reply = Any  # what hiredis or redis-py's parser makes of one reply; error replies are exceptions
+Client = redis.Redis | RedisCluster
+# Redirects followed for one exchange before its redirect errors are returned: a slot moves
+# once per failover or resharding step, so more means the cluster is still settling.
+MAX_REDIRECTS = 5
+TRYAGAIN_WAIT_S = 0.05
 
 
 def command(*args: bytes) -> bytes:
@@ -50,7 +74,7 @@ def command_template(*head: bytes) -> bytes:
     return b"*%d\r\n" % (len(head) + 1) + bulk(*head).replace(b"%", b"%%") + b"$%d\r\n%b\r\n"
 
 
-MULTI, EXEC = command(b"MULTI"), command(b"EXEC")
+MULTI, EXEC, ASKING = command(b"MULTI"), command(b"EXEC"), command(b"ASKING")
 
 
 def pairs(flat: Sequence[bytes] | None) -> dict[bytes, bytes]:
@@ -69,6 +93,13 @@ def stream_entries(reply: Reply) -> list[Any]:
     return entries
 
 
+def streams_entries(reply: Reply) -> list[tuple[bytes, Any]]:
+    """(stream, entries) of each stream in an XREADGROUP reply naming several (RESP2 or 3)."""
+    if not reply:
+        return []
+    return list(reply.items()) if isinstance(reply, dict) else [(s, e) for s, e in reply]
+
+
 def raise_for_transaction(replies: Sequence[Reply]) -> None:
     """Raise what refused a MULTI ... EXEC exchange: a refused EXEC (EXECABORT when a command
     was refused while queueing, then nothing applied; its cause is that command's error), or
@@ -82,16 +113,32 @@ def raise_for_transaction(replies: Sequence[Reply]) -> None:
 
 
 async def exchange(
-    client: redis.Redis,
+    client: Client,
     commands: Sequence[bytes],
     check: Callable[[list[Reply]], None] | None = None,
+    key: bytes | None = None,
 ) -> list[Reply]:
     """Packed commands written at once on a pooled connection, one reply each (error replies
     returned, not raised), in one round trip bounded by the socket timeout. `check` may raise
     on the replies. On any failure (mid-reply, timed out, cancelled or refused by `check`) the
-    connection is disconnected: out of step or in a state nobody expects, it is never reused."""
+    connection is disconnected: out of step or in a state nobody expects, it is never reused.
+    With a cluster client every command must hash to `key`'s slot: they go to its owner."""
+    if isinstance(client, RedisCluster):
+        replies = await _cluster_exchange(client, commands, key)
+        if check is not None:
+            check(replies)
+        return replies
     pool = client.connection_pool
     conn = await pool.get_connection()
+    try:
+        return await _exchange_on(conn, commands, check)
+    finally:
+        await pool.release(conn)
+
+
+async def _exchange_on(
+    conn: Any, commands: Sequence[bytes], check: Callable[[list[Reply]], None] | None
+) -> list[Reply]:
     try:
         await conn.send_packed_command(commands, check_health=False)
         timeout = asyncio.timeout(conn.socket_timeout) if conn.socket_timeout else None
@@ -103,23 +150,106 @@ async def exchange(
     except BaseException:
         await conn.disconnect(nowait=True)
         raise
+
+
+async def _cluster_exchange(
+    cluster: RedisCluster, commands: Sequence[bytes], key: bytes | None
+) -> list[Reply]:
+    if key is None:
+        raise ValueError("a cluster exchange needs the key its commands hash to")
+    replies: list[Reply] = [None] * len(commands)
+    todo = list(range(len(commands)))
+    asked: ClusterNode | None = None
+    for _ in range(MAX_REDIRECTS + 1):
+        node = asked or await _owner(cluster, key)
+        sent = [commands[i] for i in todo]
+        try:
+            got = await _node_exchange(cluster, node, [ASKING, *sent] if asked else sent)
+        except _Unreachable as exc:
+            # Nothing was sent: after a failover the slot's new owner may take it.
+            if asked is not None or await _owner(cluster, key) is node:
+                raise exc.__cause__ from None  # type: ignore[misc]
+            continue
+        got = got[1:] if asked else got
+        asked = None
+        redirected = []
+        for i, reply in zip(todo, got, strict=True):
+            replies[i] = reply
+            if isinstance(reply, AskError | TryAgainError):  # MovedError is an AskError
+                redirected.append(i)
+            elif isinstance(reply, ClusterDownError):
+                await _refresh(cluster)
+        if not redirected:
+            return replies
+        # In MULTI ... EXEC a refused command aborted the whole: resend it whole. Otherwise
+        # only the refused commands, the others were applied.
+        todo = list(range(len(commands))) if commands[0] == MULTI else redirected
+        redirect = replies[redirected[0]]
+        if isinstance(redirect, MovedError):
+            await _refresh(cluster)
+        elif isinstance(redirect, AskError):
+            asked = cluster.get_node(host=redirect.host, port=redirect.port)
+            if asked is None:
+                await _refresh(cluster)
+        else:
+            await asyncio.sleep(TRYAGAIN_WAIT_S)
+    return replies
+
+
+async def _owner(cluster: RedisCluster, key: bytes) -> ClusterNode:
+    """The primary owning the key's slot, as the client last read the slots."""
+    await cluster.initialize()  # at once when the slots are known
+    try:
+        return cluster.get_node_from_key(key)  # type: ignore[arg-type, return-value]
+    except RedisClusterException as exc:  # no owner known: the cluster is failing over
+        await _refresh(cluster)
+        raise ClusterDownError(str(exc)) from exc
+
+
+class _Unreachable(Exception):
+    """The node could not be connected to: nothing was sent (the cause says why)."""
+
+
+async def _node_exchange(
+    cluster: RedisCluster, node: ClusterNode, commands: Sequence[bytes]
+) -> list[Reply]:
+    conn = node.acquire_connection()
+    try:
+        try:
+            await conn.connect()  # returns at once when connected
+        except (RedisError, OSError, TimeoutError) as exc:
+            await _refresh(cluster)  # the node may be down and its replica promoted
+            raise _Unreachable from exc
+        try:
+            return await _exchange_on(conn, commands, None)
+        except (RedisError, OSError, TimeoutError):
+            await _refresh(cluster)  # sent, maybe applied: raised, never resent here
+            raise
     finally:
-        await pool.release(conn)
+        node.release(conn)
 
 
-async def call(client: redis.Redis, packed: bytes) -> Reply:
+async def _refresh(cluster: RedisCluster) -> None:
+    """Re-read which node owns which slot (concurrent callers share one reading)."""
+    with contextlib.suppress(RedisError, RedisClusterException, OSError, TimeoutError):
+        await cluster.nodes_manager.initialize()
+
+
+async def call(client: Client, packed: bytes, key: bytes | None = None) -> Reply:
     """One packed command, its reply; an error reply is raised (the connection stays in step
     and is reused)."""
-    (reply,) = await exchange(client, (packed,))
+    (reply,) = await exchange(client, (packed,), key=key)
     if isinstance(reply, Exception):
         raise reply
     return reply
 
 
-async def transaction(client: redis.Redis, commands: Sequence[bytes]) -> list[Reply]:
+async def transaction(
+    client: Client, commands: Sequence[bytes], key: bytes | None = None
+) -> list[Reply]:
     """MULTI, the packed commands and EXEC in one round trip: all of them apply or none do.
     Returns EXEC's replies; a refused transaction raises (raise_for_transaction)."""
-    replies = await exchange(client, [MULTI, *commands, EXEC], check=raise_for_transaction)
+    replies = await exchange(client, [MULTI, *commands, EXEC], check=raise_for_transaction, key=key)
     return replies[-1]
 
 

@@ -5,6 +5,17 @@ An entry holds one field, `event`: the validated event as JSON with its event_id
 entry id's millisecond part is the time Redis accepted it, which the worker stores as the
 event's received_at. The hot paths are packed and read by core/redis_wire.py; the rest goes
 through redis-py's commands.
+
+With QUEUEFLOW_STREAM_PARTITIONS N > 1 the stream is N streams, `STREAM:{0}` to
+`STREAM:{N-1}` (hash tags: on a Redis Cluster each is a slot of its own, spread over the
+primaries), each with the group. Each append round trip goes to the next partition in turn,
+whole (one request's events never straddle two); entries carry the partition they were read
+from, and are acknowledged, claimed and dead-lettered there; the figures (backlog, watermark,
+stats) and the upkeep cover every partition (core/stream_state.py, EventStream's base class).
+The dead-letter stream stays one, each dead letter
+naming its source partition. With a Redis Cluster client (QUEUEFLOW_REDIS_CLUSTER) every
+command goes to its key's owner: redis-py's cluster client routes its own commands, and
+core/redis_wire.py the packed ones.
 """
 
 from __future__ import annotations
@@ -15,67 +26,80 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from queueflow.core import redis_wire as wire
 from queueflow.core.coalescer import Coalescer
 from queueflow.core.config import Settings
 from queueflow.core.errors import StreamUnavailable
+from queueflow.core.partition_reads import FairReads
+from queueflow.core.stream_state import DELETE_IDLE_CONSUMERS, StreamState, StreamStats, parse_id
+
+__all__ = [  # StreamStats and parse_id live in core/stream_state.py, its figures
+    "DELIVERIES_FIELD",
+    "EVENT_FIELD",
+    "REASON_FIELD",
+    "REDIS_ERRORS",
+    "SOURCE_ID_FIELD",
+    "SOURCE_STREAM_FIELD",
+    "TRACEPARENT_FIELD",
+    "Entry",
+    "EventStream",
+    "StreamStats",
+    "connect",
+    "parse_id",
+    "partition_names",
+]
+
+# What a Redis call raises when Redis (or a cluster's topology) fails: the cluster client's
+# own "no node for this slot" is not a RedisError.
+REDIS_ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError)
 
 EVENT_FIELD = b"event"
 REASON_FIELD = b"reason"
 SOURCE_ID_FIELD = b"source_id"
 DELIVERIES_FIELD = b"deliveries"
+SOURCE_STREAM_FIELD = b"source_stream"  # the partition a dead letter came from
 TRACEPARENT_FIELD = b"traceparent"
+PING = wire.command(b"PING")
 
-# Deletes consumers that hold nothing and have been idle long, atomically: checking and then
-# deleting in two calls could delete a consumer that was handed an entry in between, and
-# XGROUP DELCONSUMER drops its pending entries, which would then never be processed.
-DELETE_IDLE_CONSUMERS = """
-local deleted = {}
-for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
-    local f = {}
-    for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
-    if f['name'] ~= ARGV[3] and f['pending'] == 0 and f['idle'] > tonumber(ARGV[2]) then
-        redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
-        table.insert(deleted, f['name'])
-    end
-end
-return deleted
-"""
+# Counts and deletes the dead letters at once, on one server or on a cluster's node alike.
+DELETE_ALL = "local n = redis.call('XLEN', KEYS[1]); redis.call('DEL', KEYS[1]); return n"
 
 
 @dataclass(frozen=True, slots=True)
 class Entry:
     id: bytes
     fields: dict[bytes, bytes]
+    partition: int = 0  # the index of the partition it was read from
 
     @property
     def received_ms(self) -> int:
         return int(self.id.partition(b"-")[0])
 
 
-@dataclass(frozen=True, slots=True)
-class StreamStats:
-    length: int
-    lag: int
-    pending: int
-    oldest_pending_ms: int | None  # entry-id time of the oldest pending entry
-    consumers: int
-    dead_letters: int
+def partition_names(stream: str, partitions: int) -> list[str]:
+    """The streams of a stream in `partitions` partitions: itself when there is one."""
+    if partitions == 1:
+        return [stream]
+    return [f"{stream}:{{{i}}}" for i in range(partitions)]
 
 
-def parse_id(entry_id: bytes | str) -> tuple[int, int]:
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
-
-
-def connect(url: str, *, timeout_s: float) -> redis.Redis:
+def connect(url: str, *, timeout_s: float, cluster: bool = False) -> wire.Client:
     """A client that fails fast: no hidden retries, connect and read bounded by timeout_s
-    (socket timeouts, not an asyncio timeout per call, which costs more than the XADD)."""
+    (socket timeouts, not an asyncio timeout per call, which costs more than the XADD). With
+    `cluster`, redis-py's cluster client, started from the node `url` names; it follows
+    MOVED and ASK itself (and core/redis_wire.py for the packed commands)."""
+    if cluster:
+        return RedisCluster.from_url(
+            url,
+            socket_connect_timeout=timeout_s,
+            socket_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+        )
     return redis.from_url(
         url,
         socket_connect_timeout=timeout_s,
@@ -85,24 +109,35 @@ def connect(url: str, *, timeout_s: float) -> redis.Redis:
     )
 
 
-class EventStream:
-    def __init__(self, client: redis.Redis, settings: Settings) -> None:
-        self.client = client
+class EventStream(StreamState):
+    def __init__(self, client: wire.Client, settings: Settings) -> None:
+        self.client: Any = client  # redis.Redis or RedisCluster: the same commands
+        self.cluster = isinstance(client, RedisCluster)
         self.name = settings.stream
+        self.names = partition_names(settings.stream, settings.stream_partitions)
+        self.keys = [name.encode() for name in self.names]
+        self.partitions = len(self.names)
         self.group = settings.group
         self.dead_letter_name = settings.dead_letter_stream
         self.timeout_s = settings.redis_timeout_s
-        self.key = self.name.encode()
-        # Every untraced XADD of this stream is these bytes but for the event.
-        self._xadd_untraced = wire.command_template(b"XADD", self.key, b"*", EVENT_FIELD)
-        # Packed commands counting appended events by site (keys in the stream's hash slot:
-        # ingest's accounting), run in each append's transaction; None counts nothing.
-        self.count: Callable[[list[str]], list[bytes]] | None = None
+        # Every untraced XADD of a partition is these bytes but for the event.
+        self._xadd_untraced = [
+            wire.command_template(b"XADD", key, b"*", EVENT_FIELD) for key in self.keys
+        ]
+        self._next_append = 0  # the partition the next append round trip goes to
+        # Packed commands counting appended events by site for a partition (keys in its hash
+        # slot: ingest's accounting), run in each append's transaction; None counts nothing.
+        self.count: Callable[[list[str], int], list[bytes]] | None = None
         self._appends: Coalescer[tuple[Sequence[bytes], bytes | None, Sequence[str]]]
         self._appends = Coalescer(
             self._append, cancelled=lambda: StreamUnavailable("the append was cancelled")
         )
         self._delete_idle_consumers = client.register_script(DELETE_IDLE_CONSUMERS)
+        self._delete_all = client.register_script(DELETE_ALL)
+        self._reads = FairReads(
+            self.partitions, self._read_partition, None if self.cluster else self._read_all
+        )
+        self._consumer = ""  # whose reads self._reads serves (one consumer per stream object)
 
     async def add(
         self,
@@ -119,112 +154,205 @@ class EventStream:
     async def _append(
         self, group: list[tuple[Sequence[bytes], bytes | None, Sequence[str]]]
     ) -> None:
+        partition = self._next_append
+        if self.partitions > 1:  # the whole round trip to one partition, the next to the next
+            self._next_append = (partition + 1) % self.partitions
+        key = self.keys[partition]
         commands = [
-            self._xadd(payload, traceparent)
+            self._xadd(payload, traceparent, partition)
             for payloads, traceparent, _ in group
             for payload in payloads
         ]
         # One counting command per site for the whole round trip, gathered only when counted.
         count = self.count
         if count is not None and (sites := [s for _, _, group_sites in group for s in group_sites]):
-            commands.extend(count(sites))
+            commands.extend(count(sites, partition))
         try:
             if len(commands) == 1:
-                await wire.call(self.client, commands[0])
+                await wire.call(self.client, commands[0], key)
             else:
                 # MULTI ... EXEC, all or nothing: Redis, the one part every ingest pod shares,
                 # spends a quarter less per XADD than inside a Lua script (bench/README.md).
-                await wire.transaction(self.client, commands)
-        except (RedisError, OSError, TimeoutError) as exc:
+                await wire.transaction(self.client, commands, key)
+        except REDIS_ERRORS as exc:
+            # Redirected (MOVED, ASK) round trips were resent by the wire; one that timed out
+            # may have landed: the client's retry with the same event ids is counted once.
             raise StreamUnavailable(str(exc) or type(exc).__name__) from exc
 
-    def _xadd(self, payload: bytes, traceparent: bytes | None) -> bytes:
+    def _xadd(self, payload: bytes, traceparent: bytes | None, partition: int = 0) -> bytes:
         if traceparent:
             return wire.command(
-                b"XADD", self.key, b"*", EVENT_FIELD, payload, TRACEPARENT_FIELD, traceparent
+                b"XADD",
+                self.keys[partition],
+                b"*",
+                EVENT_FIELD,
+                payload,
+                TRACEPARENT_FIELD,
+                traceparent,
             )
-        return self._xadd_untraced % (len(payload), payload)
+        untraced = self._xadd_untraced[partition]
+        return untraced % (len(payload), payload)
 
     async def ensure_group(self) -> None:
-        """Create the stream and group, starting at the beginning so no earlier event is missed."""
-        try:
-            await self.client.xgroup_create(self.name, self.group, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        """Create each partition and its group, starting at the beginning so no earlier event
+        is missed."""
+        group = self.group.encode()
+        for key in self.keys:
+            # Packed: a cluster client asks a node for XGROUP's key position first.
+            create = wire.command(b"XGROUP", b"CREATE", key, group, b"0", b"MKSTREAM")
+            try:
+                await wire.call(self.client, create, key)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
 
     async def read_new(self, consumer: str, *, count: int, block_ms: int | None) -> list[Entry]:
-        """Entries never delivered to the group before, now delivered to this consumer."""
-        return await self._read_group(consumer, count, block_ms, b">")
+        """Entries never delivered to the group before, now delivered to this consumer: one
+        partition's batch, the partitions in turn (core/partition_reads.py)."""
+        if self.partitions == 1:
+            return await self._read_group(0, consumer, count, block_ms, b">")
+        self._consumer = consumer
+        return await self._reads.read(count, block_ms)
+
+    async def settle_reads(self) -> None:
+        """End blocking reads still waiting on partitions (a cluster's): before re-reading own
+        pending entries, which then include whatever they were delivered."""
+        await self._reads.settle()
 
     async def read_own_pending(self, consumer: str, *, count: int) -> list[Entry]:
         """Entries delivered to this consumer and not acknowledged: what a previous life of
-        this consumer name, or a read whose reply was lost, left in hand."""
-        return await self._read_group(consumer, count, None, b"0")
+        this consumer name, or a read whose reply was lost, left in hand (the first partition
+        holding any)."""
+        for partition in range(self.partitions):
+            if entries := await self._read_group(partition, consumer, count, None, b"0"):
+                return entries
+        return []
 
-    async def _read_group(
-        self, consumer: str, count: int, block_ms: int | None, start: bytes
+    async def _read_partition(
+        self, partition: int, count: int, block_ms: int | None
     ) -> list[Entry]:
-        # On the wire like appends: redis-py's reply parsing in Python cost the worker more
-        # than decoding the events.
+        return await self._read_group(partition, self._consumer, count, block_ms, b">")
+
+    def _read_args(self, consumer: str, count: int, block_ms: int | None) -> list[bytes]:
         args = [b"XREADGROUP", b"GROUP", self.group.encode(), consumer.encode()]
         args += [b"COUNT", b"%d" % count]
         if block_ms is not None:
             args += [b"BLOCK", b"%d" % block_ms]
-        reply = await wire.call(self.client, wire.command(*args, b"STREAMS", self.key, start))
+        return args
+
+    async def _read_group(
+        self, partition: int, consumer: str, count: int, block_ms: int | None, start: bytes
+    ) -> list[Entry]:
+        # On the wire like appends: redis-py's reply parsing in Python cost the worker more
+        # than decoding the events.
+        key = self.keys[partition]
+        args = self._read_args(consumer, count, block_ms)
+        reply = await wire.call(self.client, wire.command(*args, b"STREAMS", key, start), key)
         # A pending entry that was trimmed away comes back with no fields.
         return [
-            Entry(entry_id, wire.pairs(fields)) for entry_id, fields in wire.stream_entries(reply)
+            Entry(entry_id, wire.pairs(fields), partition)
+            for entry_id, fields in wire.stream_entries(reply)
+        ]
+
+    async def _read_all(self, count: int, block_ms: int) -> list[Entry]:
+        """One blocking read over every partition (one server: no slots to cross)."""
+        args = self._read_args(self._consumer, count, block_ms)
+        starts = [b">"] * self.partitions
+        reply = await wire.call(self.client, wire.command(*args, b"STREAMS", *self.keys, *starts))
+        index = {key: i for i, key in enumerate(self.keys)}
+        return [
+            Entry(entry_id, wire.pairs(fields), index[key])
+            for key, entries in wire.streams_entries(reply)
+            for entry_id, fields in entries
         ]
 
     async def pending_count(self, consumer: str) -> int:
-        """How many entries this consumer holds unacknowledged."""
-        summary = await self.client.xpending(self.name, self.group)
-        held = {c["name"]: c["pending"] for c in summary.get("consumers") or ()}
-        return int(held.get(consumer.encode(), 0))
+        """How many entries this consumer holds unacknowledged, over all partitions."""
+        held = 0
+        for name in self.names:
+            summary = await self.client.xpending(name, self.group)
+            by_name = {c["name"]: c["pending"] for c in summary.get("consumers") or ()}
+            held += int(by_name.get(consumer.encode(), 0))
+        return held
 
-    async def ack(self, ids: Sequence[bytes]) -> None:
+    async def ack(self, ids: Sequence[bytes], partition: int = 0) -> None:
         if ids:
-            await wire.call(self.client, wire.command(b"XACK", self.key, self.group.encode(), *ids))
+            key = self.keys[partition]
+            xack = wire.command(b"XACK", key, self.group.encode(), *ids)
+            await wire.call(self.client, xack, key)
+
+    async def ack_entries(self, entries: Sequence[Entry]) -> None:
+        """XACK each entry on its own partition: one command per partition, in one round trip
+        on one server, concurrently on a cluster's nodes."""
+        if not entries:
+            return
+        first = entries[0].partition
+        if self.partitions == 1 or all(e.partition == first for e in entries):  # the usual
+            await self.ack([e.id for e in entries], first)
+            return
+        by_partition: dict[int, list[bytes]] = {}
+        for entry in entries:
+            by_partition.setdefault(entry.partition, []).append(entry.id)
+        if self.cluster:
+            await asyncio.gather(*(self.ack(ids, p) for p, ids in by_partition.items()))
+            return
+        group = self.group.encode()
+        xacks = [wire.command(b"XACK", self.keys[p], group, *i) for p, i in by_partition.items()]
+        for reply in await wire.exchange(self.client, xacks):
+            if isinstance(reply, Exception):
+                raise reply
 
     async def claim_idle(
-        self, consumer: str, *, min_idle_ms: int, cursor: bytes, count: int
+        self, consumer: str, *, min_idle_ms: int, cursor: bytes, count: int, partition: int = 0
     ) -> tuple[bytes, list[Entry]]:
-        """XAUTOCLAIM one page; returns the cursor for the next page (b"0-0": pass complete).
-        Entries deleted from the stream while pending are dropped from the group by Redis
-        itself and reported in the reply's third part, which needs no further action."""
+        """XAUTOCLAIM one page of a partition; returns the cursor for its next page (b"0-0":
+        the partition's pass is complete). Entries deleted from the stream while pending are
+        dropped from the group by Redis itself and reported in the reply's third part, which
+        needs no further action."""
         reply = await self.client.xautoclaim(
-            self.name, self.group, consumer, min_idle_ms, cursor, count=count
+            self.names[partition], self.group, consumer, min_idle_ms, cursor, count=count
         )
         next_cursor, claimed = reply[0], reply[1]
-        return next_cursor, [Entry(entry_id, fields or {}) for entry_id, fields in claimed]
+        return next_cursor, [
+            Entry(entry_id, fields or {}, partition) for entry_id, fields in claimed
+        ]
 
     async def delivery_counts(self, consumer: str, entries: Sequence[Entry]) -> dict[bytes, int]:
         """How many times each of this consumer's pending entries was delivered (XPENDING)."""
-        if not entries:
-            return {}
-        rows: Any = await self.client.xpending_range(
-            self.name,
-            self.group,
-            min=entries[0].id,
-            max=entries[-1].id,
-            count=len(entries) * 2,
-            consumername=consumer,
-        )
-        return {row["message_id"]: row["times_delivered"] for row in rows}
+        counts: dict[bytes, int] = {}
+        by_partition: dict[int, list[Entry]] = {}
+        for entry in entries:
+            by_partition.setdefault(entry.partition, []).append(entry)
+        for partition, held in by_partition.items():
+            rows: Any = await self.client.xpending_range(
+                self.names[partition],
+                self.group,
+                min=min(held, key=lambda e: parse_id(e.id)).id,
+                max=max(held, key=lambda e: parse_id(e.id)).id,
+                count=len(held) * 2,
+                consumername=consumer,
+            )
+            counts.update((row["message_id"], row["times_delivered"]) for row in rows)
+        return counts
 
     async def dead_letter(self, entry: Entry, reason: str, deliveries: int) -> None:
         """Copy the entry with its reason to the dead-letter stream, then ack it: in that order,
         so a crash in between duplicates a dead letter instead of losing an event."""
+        source = self.names[entry.partition]
         fields: dict[Any, Any] = {
             **entry.fields,
             REASON_FIELD: reason.encode(),
             SOURCE_ID_FIELD: entry.id,
+            SOURCE_STREAM_FIELD: source.encode(),
             DELIVERIES_FIELD: str(deliveries).encode(),
         }
+        if self.cluster:  # two slots, maybe two nodes: a pipeline would send both at once
+            await self.client.xadd(self.dead_letter_name, fields)
+            await self.client.xack(source, self.group, entry.id)
+            return
         pipe = self.client.pipeline(transaction=False)
         pipe.xadd(self.dead_letter_name, fields)
-        pipe.xack(self.name, self.group, entry.id)
+        pipe.xack(source, self.group, entry.id)
         await pipe.execute()
 
     async def dead_letter_count(self) -> int:
@@ -246,103 +374,19 @@ class EventStream:
 
     async def delete_dead_letters(self, ids: Sequence[bytes | str] | None) -> int:
         """Delete these dead letters (all when None); returns how many there were."""
-        if ids is None:
-            pipe = self.client.pipeline(transaction=True)  # counted and deleted at once
-            pipe.xlen(self.dead_letter_name)
-            pipe.delete(self.dead_letter_name)
-            removed, _ = await pipe.execute()
-            return removed
+        if ids is None:  # counted and deleted at once
+            return int(await self._delete_all(keys=[self.dead_letter_name]))
         return await self.client.xdel(self.dead_letter_name, *ids) if ids else 0
 
-    async def backlog(self) -> int:
-        """Entries not yet processed by the group: undelivered (lag) plus pending."""
-        stats = await self.stats()
-        return stats.lag + stats.pending
-
-    async def watermark(self) -> tuple[int | None, int]:
-        """(Redis time in ms of the oldest entry the group has not processed, or None when it
-        has processed all; how many it has not): every entry older than that time is
-        committed. Reporting's freshness."""
-        stats = await self.stats()
-        unprocessed = stats.lag + stats.pending
-        oldest = [] if stats.oldest_pending_ms is None else [stats.oldest_pending_ms]
-        if stats.lag:  # the first entry after the group's last delivered one
-            groups = _ok(await self.client.xinfo_groups(self.name), [])
-            group = next((g for g in groups if g["name"].decode() == self.group), None)
-            after = b"(" + group["last-delivered-id"] if group else b"-"
-            first = await self.client.xrange(self.name, min=after, max="+", count=1)
-            oldest += [parse_id(entry[0])[0] for entry in first or [] if entry[0] is not None]
-        return (min(oldest) if oldest else None) if unprocessed else None, unprocessed
-
-    async def trim_processed(self) -> int:
-        """XTRIM MINID below the oldest entry any group still needs (pending or undelivered).
-        Never MAXLEN, which would drop unprocessed work. Returns how many entries went."""
-        try:
-            groups = await self.client.xinfo_groups(self.name)
-        except ResponseError:
-            return 0
-        if not groups:
-            return 0  # nobody consumes this stream yet: everything is still needed
-        bounds = []
-        for group in groups:
-            ms, seq = parse_id(group["last-delivered-id"])
-            bound = (ms, seq + 1)  # everything after the last delivered entry is still needed
-            if group["pending"]:
-                oldest = (await self.client.xpending(self.name, group["name"]))["min"]
-                if oldest is not None:  # None: acknowledged since XINFO was read
-                    bound = min(bound, parse_id(oldest))
-            bounds.append(bound)
-        ms, seq = min(bounds)
-        return await self.client.xtrim(self.name, minid=f"{ms}-{seq}", approximate=False)
-
-    async def delete_idle_consumers(self, *, idle_ms: int, keep: str) -> list[str]:
-        """XGROUP DELCONSUMER for consumers idle over idle_ms with nothing pending."""
-        deleted = await self._delete_idle_consumers(
-            keys=[self.name], args=[self.group, idle_ms, keep]
-        )
-        return [name.decode() for name in deleted]
-
-    async def stats(self) -> StreamStats:
-        """The stream as the group sees it, in one round trip (stream metrics, backpressure)."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.xlen(self.name)
-        pipe.xlen(self.dead_letter_name)
-        pipe.xinfo_groups(self.name)
-        pipe.xpending(self.name, self.group)
-        length, dead, groups, pending = await pipe.execute(raise_on_error=False)
-        for reply in (length, dead):
-            if isinstance(reply, Exception):
-                raise reply
-        # A stream or group not created yet answers with an error. Without a group (no worker
-        # ever ran) every entry is still to be processed.
-        group = next(
-            (g for g in _ok(groups, []) if g["name"].decode() == self.group),
-            {"lag": length, "pending": 0, "consumers": 0},
-        )
-        oldest = _ok(pending, {}).get("min")
-        lag = group.get("lag")
-        if lag is None:
-            # Redis cannot tell the lag after some deletions; what the stream holds beyond
-            # the pending entries bounds it.
-            lag = max(length - group["pending"], 0)
-        return StreamStats(
-            length=length,
-            lag=lag,
-            pending=group["pending"],
-            oldest_pending_ms=None if oldest is None else parse_id(oldest)[0],
-            consumers=group["consumers"],
-            dead_letters=dead,
-        )
-
     async def ping(self) -> None:
+        """Redis answers; on a cluster, each node owning a partition."""
         async with asyncio.timeout(self.timeout_s):
-            await self.client.ping()
-
-
-def _ok(reply: Any, default: Any) -> Any:
-    """A pipelined reply, or `default` where Redis answered with an error."""
-    if isinstance(reply, ResponseError):
-        return default
-    if isinstance(reply, Exception):
-        raise reply
-    return reply
+            if not self.cluster:
+                await self.client.ping()
+                return
+            try:
+                await asyncio.gather(*(wire.call(self.client, PING, key) for key in self.keys))
+            except REDIS_ERRORS:
+                # A pooled connection to a node that failed over: the slots were read
+                # again, ask the owners now.
+                await asyncio.gather(*(wire.call(self.client, PING, key) for key in self.keys))

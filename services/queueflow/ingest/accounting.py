@@ -2,7 +2,9 @@
 in the same transaction that appends them (one HINCRBY per site for a whole coalesced round
 trip, core/stream.py), so the count moves with the events; drops and
 rejections are summed in memory and written once a second (they need no round trip of their
-own on the request's path, and a flood of bad requests costs Redis one command per site)."""
+own on the request's path, and a flood of bad requests costs Redis one command per site).
+With a partitioned stream, accepted events count into their partition's keys (its hash slot,
+its transaction); drops and rejections into the first partition's."""
 
 from __future__ import annotations
 
@@ -13,12 +15,11 @@ from collections.abc import Iterable
 from datetime import date
 
 import msgspec
-import redis.asyncio as redis
 import structlog
-from redis.exceptions import RedisError
 
 from queueflow.core import redis_wire as wire
 from queueflow.core.ingest_counts import ACCEPTED, RETENTION_S, counts_key
+from queueflow.core.stream import REDIS_ERRORS, partition_names
 
 log = structlog.get_logger(__name__)
 _TTL = b"%d" % RETENTION_S
@@ -30,30 +31,36 @@ MAX_PENDING_KEYS = 1_000
 
 
 class Accounting:
-    def __init__(self, client: redis.Redis, stream: str, *, flush_s: float = 1.0) -> None:
+    def __init__(
+        self, client: wire.Client, stream: str, *, partitions: int = 1, flush_s: float = 1.0
+    ) -> None:
         self.client = client
         self.stream = stream
+        self.streams = partition_names(stream, partitions)
         self.flush_s = flush_s
         self._pending: Counter[tuple[bytes, bytes]] = Counter()  # (key, field) -> events
         self._day = -1  # the UTC day number the keys below are for
-        # site -> today's key, and its HINCRBY key accepted, packed ahead
-        self._keys: dict[str, tuple[bytes, bytes]] = {}
+        # per partition: site -> today's key, and its HINCRBY key accepted, packed ahead
+        self._keys: list[dict[str, tuple[bytes, bytes]]] = [{} for _ in self.streams]
         self._expiring: set[bytes] = set()  # keys this process gave their expiry today
 
-    def _key(self, site_id: str) -> tuple[bytes, bytes]:
-        """Today's key of the site, and its packed HINCRBY template."""
+    def _key(self, site_id: str, partition: int = 0) -> tuple[bytes, bytes]:
+        """Today's key of the site in a partition, and its packed HINCRBY template."""
         day = int(time.time() // 86_400)  # the UTC day number: cheaper than a date per event
         if day != self._day:
-            self._day, self._keys, self._expiring = day, {}, set()
-        found = self._keys.get(site_id)
+            self._day, self._expiring = day, set()
+            self._keys = [{} for _ in self.streams]
+        keys = self._keys[partition]
+        found = keys.get(site_id)
         if found is None:
-            if len(self._keys) > 100_000:  # bounded: a flood of invented sites
-                self._keys.clear()
-            key = counts_key(self.stream, date.fromordinal(_EPOCH_ORDINAL + day), site_id)
-            found = self._keys[site_id] = (key, wire.command_template(b"HINCRBY", key, ACCEPTED))
+            if len(keys) > 100_000:  # bounded: a flood of invented sites
+                keys.clear()
+            stream = self.streams[partition]
+            key = counts_key(stream, date.fromordinal(_EPOCH_ORDINAL + day), site_id)
+            found = keys[site_id] = (key, wire.command_template(b"HINCRBY", key, ACCEPTED))
         return found
 
-    def accepted(self, site_ids: list[str]) -> list[bytes]:
+    def accepted(self, site_ids: list[str], partition: int = 0) -> list[bytes]:
         """Commands counting these accepted events (one append's, of every request in it) for
         the transaction that appends them: one per site; each key's expiry is set the first
         time this process counts into it on a day."""
@@ -64,7 +71,7 @@ class Accounting:
             by_site = Counter(site_ids).items()
         commands = []
         for site_id, n in by_site:
-            key, increment = self._key(site_id)
+            key, increment = self._key(site_id, partition)
             count = b"%d" % n
             commands.append(increment % (len(count), count))
             if key not in self._expiring:
@@ -92,9 +99,9 @@ class Accounting:
             return
         commands = [wire.command(b"HINCRBY", k, f, b"%d" % n) for (k, f), n in pending.items()]
         commands += [wire.command(b"EXPIRE", k, _TTL) for k in {k for k, _ in pending}]
-        try:
-            await wire.exchange(self.client, commands)
-        except (RedisError, OSError, TimeoutError) as exc:
+        try:  # every key in the first partition's slot
+            await wire.exchange(self.client, commands, key=self.streams[0].encode())
+        except REDIS_ERRORS as exc:
             # Kept for the next flush (Redis down): still bounded by MAX_PENDING_KEYS.
             for entry, n in pending.items():
                 if entry in self._pending or len(self._pending) < MAX_PENDING_KEYS:

@@ -283,12 +283,14 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> IngestApp:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, IngestState]]:
-        client = connect(redis_url, timeout_s=settings.redis_timeout_s)
+        client = connect(
+            redis_url, timeout_s=settings.redis_timeout_s, cluster=settings.redis_cluster
+        )
         stream = EventStream(client, settings)
         backlog = Backlog(
             stream, limit=settings.backlog_limit, refresh_s=settings.backlog_refresh_ms / 1000
         )
-        accounting = Accounting(client, settings.stream)
+        accounting = Accounting(client, settings.stream, partitions=settings.stream_partitions)
         stream.count = accounting.accepted
         await backlog.refresh()
         background = [asyncio.create_task(backlog.run()), asyncio.create_task(accounting.run())]

@@ -7,9 +7,8 @@ import asyncio
 import contextlib
 
 import structlog
-from redis.exceptions import RedisError
 
-from queueflow.core.stream import EventStream
+from queueflow.core.stream import REDIS_ERRORS, EventStream
 
 log = structlog.get_logger(__name__)
 
@@ -23,7 +22,7 @@ class Backlog:
         self.over = False
 
     async def refresh(self) -> None:
-        with contextlib.suppress(RedisError, OSError, TimeoutError):  # keep the last figure
+        with contextlib.suppress(*REDIS_ERRORS):  # keep the last figure
             async with asyncio.timeout(self.refresh_s):
                 self.entries = await self.stream.backlog()
         over = self.entries > self.limit

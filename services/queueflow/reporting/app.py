@@ -18,7 +18,6 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, BaseModel
 from pydantic_core import PydanticCustomError
-from redis.exceptions import RedisError
 
 from queueflow import __version__
 from queueflow.core.config import Settings
@@ -26,7 +25,7 @@ from queueflow.core.ingest_counts import day_counts
 from queueflow.core.probes import add_probe_routes
 from queueflow.core.query_params import strict_app
 from queueflow.core.store import EventStore, create_pool
-from queueflow.core.stream import EventStream, connect
+from queueflow.core.stream import REDIS_ERRORS, EventStream, connect
 from queueflow.core.tracing import Tracing
 from queueflow.reporting.answers import (
     BreakdownResponse,
@@ -142,7 +141,11 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
         client = (
             None
             if settings.redis_url is None
-            else connect(settings.redis_dsn(), timeout_s=settings.redis_timeout_s)
+            else connect(
+                settings.redis_dsn(),
+                timeout_s=settings.redis_timeout_s,
+                cluster=settings.redis_cluster,
+            )
         )
         stream = None if client is None else EventStream(client, settings)
         watermark = Watermark(stream, settings.redis_timeout_s)
@@ -372,8 +375,8 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> FastAPI:
         async def build(fresh: Freshness) -> BaseModel:
             try:
                 async with asyncio.timeout(settings.redis_timeout_s):
-                    counts = await day_counts(stream.client, settings.stream, day, site_id)
-            except (RedisError, OSError, TimeoutError) as exc:
+                    counts = await day_counts(stream.client, stream.names, day, site_id)
+            except REDIS_ERRORS as exc:
                 log.warning("ingest counts unavailable", error=repr(exc))
                 raise HTTPException(503, detail="Redis unavailable, retry later") from None
             return IngestStatsResponse(

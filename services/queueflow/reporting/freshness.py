@@ -16,9 +16,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from redis.exceptions import RedisError
 
-from queueflow.core.stream import EventStream
+from queueflow.core.stream import REDIS_ERRORS, EventStream
 
 log = structlog.get_logger(__name__)
 CACHE_S = 1.0
@@ -64,7 +63,7 @@ class Watermark:
         try:
             async with asyncio.timeout(self.timeout_s):
                 oldest_ms, unprocessed = await stream.watermark()
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_ERRORS as exc:
             if not self._down:
                 log.warning("freshness unknown until Redis answers", error=repr(exc))
             self._down = True

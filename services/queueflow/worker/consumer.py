@@ -2,7 +2,8 @@
 
 One loop per worker: first the entries this consumer name left pending in a previous life,
 then, in turn, a page of entries reclaimed from dead consumers (when a reclaim pass is due),
-housekeeping (when due) and a blocking read of new entries. New batches are pipelined: while
+housekeeping (when due) and a blocking read of new entries (with partitions, one partition's
+batch at a time, in turn: core/partition_reads.py). New batches are pipelined: while
 one commits, the next is read and decoded, and a reclaimed page may commit beside them. That
 is safe because every statement writes its rows in key order, so this worker's concurrent
 transactions can no more deadlock each other than two workers' can, and each batch is
@@ -22,13 +23,18 @@ import msgspec
 import structlog
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind
-from redis.exceptions import RedisError
 
 from queueflow.core import observability as obs
 from queueflow.core.config import Settings
 from queueflow.core.events import decode_entry, encode_event
 from queueflow.core.store import EventStore, stored_event
-from queueflow.core.stream import EVENT_FIELD, TRACEPARENT_FIELD, Entry, EventStream
+from queueflow.core.stream import (
+    EVENT_FIELD,
+    REDIS_ERRORS,
+    TRACEPARENT_FIELD,
+    Entry,
+    EventStream,
+)
 from queueflow.core.tracing import Tracing, links
 from queueflow.worker.housekeeping import Housekeeping
 from queueflow.worker.reclaim import Reclaimer
@@ -108,10 +114,12 @@ class Consumer:
         try:
             async with asyncio.timeout(self.settings.redis_timeout_s):
                 return await self.stream.pending_count(self.name)
-        except (RedisError, OSError, TimeoutError):
+        except REDIS_ERRORS:
             return None
 
     async def _finish_own_pending(self) -> None:
+        # Blocking reads still out on partitions would deliver entries behind our back.
+        await self.stream.settle_reads()
         while entries := await self.retry.redis(self._read_own_pending):
             await self.process(entries, redelivered=True)
 
@@ -203,7 +211,7 @@ class Consumer:
                 obs.EVENT_FRESHNESS.observe((committed_ms - received_ms) / 1000)
             obs.WORKER_PROCESSED.inc(inserted)
             obs.WORKER_DUPLICATES.inc(len(batch.rows) - inserted)
-            await self.retry.redis(partial(self.stream.ack, [e.id for e in batch.entries]))
+            await self.retry.redis(partial(self.stream.ack_entries, batch.entries))
             elapsed = time.perf_counter() - batch.started
             obs.WORKER_BATCH_DURATION.observe(elapsed)
             log.info(

@@ -85,7 +85,9 @@ async def run_worker(
     stop = stop_on_signals()
     # A blocking XREADGROUP holds the socket for up to block_ms: the read timeout must exceed it.
     client = connect(
-        settings.redis_dsn(), timeout_s=settings.block_ms / 1000 + settings.redis_timeout_s
+        settings.redis_dsn(),
+        timeout_s=settings.block_ms / 1000 + settings.redis_timeout_s,
+        cluster=settings.redis_cluster,
     )
     # Pipelined batches and a reclaimed page may commit at once: the pool needs two at least.
     pool = await create_pool(settings.database_dsn(), max_size=max(2, settings.db_pool_size))

@@ -11,7 +11,7 @@ from typing import TypeVar
 
 import asyncpg
 import structlog
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from queueflow.core import observability as obs
 
@@ -138,7 +138,8 @@ class Retrying:
                     continue
                 await self.redis_backoff.failed(exc)
                 continue
-            except (RedisError, OSError, TimeoutError) as exc:
+            # RedisClusterException: a cluster's topology unknown while it fails over.
+            except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
                 await self.redis_backoff.failed(exc)
                 continue
             self.redis_backoff.succeeded()

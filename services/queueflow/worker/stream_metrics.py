@@ -1,5 +1,6 @@
-"""The stream's gauges (length, lag, pending, oldest pending age, consumers, dead letters),
-read by each worker on a timer with one pipelined round trip, never per request."""
+"""The stream's gauges (length, lag, pending, oldest pending age, consumers, by partition;
+dead letters), read by each worker on a timer with one pipelined round trip, never per
+request."""
 
 from __future__ import annotations
 
@@ -8,10 +9,9 @@ import contextlib
 import time
 
 import structlog
-from redis.exceptions import RedisError
 
 from queueflow.core import observability as obs
-from queueflow.core.stream import EventStream
+from queueflow.core.stream import REDIS_ERRORS, EventStream
 
 log = structlog.get_logger(__name__)
 
@@ -22,7 +22,7 @@ async def export_stream_metrics(
     while not stop.is_set():
         try:
             await _export(stream)
-        except (RedisError, OSError, TimeoutError):
+        except REDIS_ERRORS:
             pass  # Redis down: the gauges keep their last values; the consumer logs the outage
         except Exception:  # a bug here must not stop the gauges for good
             log.exception("stream metrics failed; keeping the last values")
@@ -31,13 +31,16 @@ async def export_stream_metrics(
 
 
 async def _export(stream: EventStream) -> None:
-    stats = await stream.stats()
-    obs.STREAM_LENGTH.set(stats.length)
-    obs.STREAM_LAG.set(stats.lag)
-    obs.STREAM_PENDING.set(stats.pending)
-    obs.STREAM_CONSUMERS.set(stats.consumers)
-    obs.DEAD_LETTER_LENGTH.set(stats.dead_letters)
-    oldest = stats.oldest_pending_ms
-    obs.STREAM_OLDEST_PENDING_AGE.set(
-        0.0 if oldest is None else max(0.0, time.time() - oldest / 1000)
-    )
+    partitions = await stream.partition_stats()
+    now = time.time()
+    for index, stats in enumerate(partitions):
+        partition = str(index)
+        obs.STREAM_LENGTH.labels(partition).set(stats.length)
+        obs.STREAM_LAG.labels(partition).set(stats.lag)
+        obs.STREAM_PENDING.labels(partition).set(stats.pending)
+        obs.STREAM_CONSUMERS.labels(partition).set(stats.consumers)
+        oldest = stats.oldest_pending_ms
+        obs.STREAM_OLDEST_PENDING_AGE.labels(partition).set(
+            0.0 if oldest is None else max(0.0, now - oldest / 1000)
+        )
+    obs.DEAD_LETTER_LENGTH.set(partitions[0].dead_letters)
