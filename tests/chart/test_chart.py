@@ -168,13 +168,14 @@ def test_hpa_and_keda_never_both_and_replicas_left_to_them(render: Render, helm:
     keda = render(KEDA)
     scaled_object = one(keda, "ScaledObject")
     assert scaled_object["spec"]["scaleTargetRef"]["name"] == f"{RELEASE}-queueflow-worker"
-    (trigger,) = scaled_object["spec"]["triggers"]
-    assert trigger["type"] == "redis-streams"
-    assert trigger["metadata"]["stream"] == "events_stream"
-    assert trigger["metadata"]["consumerGroup"] == "analytics_workers"
-    assert "lagCount" in trigger["metadata"]
+    lag, pending = scaled_object["spec"]["triggers"]  # one stream: its lag and its pending entries
     auth = one(keda, "TriggerAuthentication")
-    assert auth["metadata"]["name"] == trigger["authenticationRef"]["name"]
+    for trigger in (lag, pending):
+        assert trigger["type"] == "redis-streams"
+        assert trigger["metadata"]["stream"] == "events_stream"
+        assert trigger["metadata"]["consumerGroup"] == "analytics_workers"
+        assert auth["metadata"]["name"] == trigger["authenticationRef"]["name"]
+    assert "lagCount" in lag["metadata"] and "lagCount" not in pending["metadata"]
     assert {h["spec"]["scaleTargetRef"]["name"] for h in find(keda, "HorizontalPodAutoscaler")} == {
         f"{RELEASE}-queueflow-ingest"
     }

@@ -162,6 +162,21 @@ def test_migrations_before_install_with_a_managed_database_and_after_with_the_bu
         for d in find(objects, "Deployment")
     }
     assert keys == {"ingest": None, "worker": "worker-url", "reporting": "reporting-url"}
+    # A read replica for reporting only (DATABASE_READ_URL); the others never see it.
+    replica = {
+        d["metadata"]["name"].rsplit("-", 1)[1]: env_of(pod_spec(d)["containers"][0]).get(
+            "DATABASE_READ_URL"
+        )
+        for d in find(objects, "Deployment")
+    }
+    assert replica == {
+        "ingest": None,
+        "worker": None,
+        "reporting": {
+            "name": "DATABASE_READ_URL",
+            "valueFrom": {"secretKeyRef": {"name": "analytics-db", "key": "replica-reporting-url"}},
+        },
+    }
 
 
 def test_each_service_gets_only_the_urls_it_uses(render: Render) -> None:
@@ -312,9 +327,10 @@ def test_a_subchart_of_an_umbrella_chart_with_global_values(helm: Path, tmp_path
 def test_keda_reaches_redis_by_its_full_name_and_with_the_right_secret(
     render: Render, helm: Path
 ) -> None:
-    (trigger,) = one(render(SCENARIOS["keda"]), "ScaledObject")["spec"]["triggers"]
+    triggers = one(render(SCENARIOS["keda"]), "ScaledObject")["spec"]["triggers"]
     host = f"{RELEASE}-queueflow-redis.{NAMESPACE}.svc.cluster.local:6379"
-    assert trigger["metadata"]["address"] == host  # KEDA resolves short names in its own namespace
+    # KEDA resolves short names in its own namespace.
+    assert {t["metadata"]["address"] for t in triggers} == {host}
     auth = one(render(SCENARIOS["keda"]), "TriggerAuthentication")["spec"]["secretTargetRef"]
     secret = one(render(), "Secret")
     assert auth == [
@@ -323,9 +339,9 @@ def test_keda_reaches_redis_by_its_full_name_and_with_the_right_secret(
     assert "redis-password" in secret["stringData"]
 
     external = render(SCENARIOS["keda-external"])
-    (trigger,) = one(external, "ScaledObject")["spec"]["triggers"]
-    assert trigger["metadata"]["address"] == "redis.example.internal:6380"
-    assert trigger["metadata"]["enableTLS"] == "true"
+    for trigger in one(external, "ScaledObject")["spec"]["triggers"]:
+        assert trigger["metadata"]["address"] == "redis.example.internal:6380"
+        assert trigger["metadata"]["enableTLS"] == "true"
     auth = one(external, "TriggerAuthentication")["spec"]["secretTargetRef"]
     assert auth == [{"parameter": "password", "name": "analytics-redis", "key": "password"}]
     # An external Redis without a password: no TriggerAuthentication to point at nothing.
@@ -334,7 +350,8 @@ def test_keda_reaches_redis_by_its_full_name_and_with_the_right_secret(
     no_password["worker"]["keda"]["passwordSecret"] = {"name": ""}
     objects = render(no_password)
     assert not find(objects, "TriggerAuthentication")
-    assert "authenticationRef" not in one(objects, "ScaledObject")["spec"]["triggers"][0]
+    for trigger in one(objects, "ScaledObject")["spec"]["triggers"]:
+        assert "authenticationRef" not in trigger
 
 
 def test_a_changed_database_url_rolls_the_pods(render: Render) -> None:
@@ -562,8 +579,8 @@ def test_keda_reads_the_database_the_stream_is_in(render: Render) -> None:
         **values["worker"],
         "keda": {**values["worker"]["keda"], "databaseIndex": 3},
     }
-    (trigger,) = one(render(values), "ScaledObject")["spec"]["triggers"]
-    assert trigger["metadata"]["databaseIndex"] == "3"
+    triggers = one(render(values), "ScaledObject")["spec"]["triggers"]
+    assert {t["metadata"]["databaseIndex"] for t in triggers} == {"3"}
 
 
 def test_values_that_kubernetes_would_refuse_are_refused_first(helm: Path) -> None:

@@ -17,6 +17,7 @@ from tests.chart.conftest import CHART, RELEASE, Render, one
 NOT_IN_CHART = {
     "redis_url": "read from the chart's Secret (or an existing one), never from a ConfigMap",
     "database_url": "read from the chart's Secret (or an existing one), never from a ConfigMap",
+    "database_read_url": "read by reporting from externalDatabase.existingSecretReadKey",
     "consumer": "each worker pod's own name: the Deployment sets it from metadata.name",
     "workers": "worker processes `queueflow dev` starts; in a cluster they are worker pods",
     "migrations_dir": "the image's own migrations are the ones its code expects",
@@ -103,7 +104,9 @@ def test_each_value_reaches_its_own_variable(
     assert len({str(v) for v in changed.values() if not isinstance(v, bool)}) == len(
         [v for v in changed.values() if not isinstance(v, bool)]
     )  # distinct, so a swapped pair of variables shows
-    data = configmap(render, {"config": {camel(n): v for n, v in changed.items()}})
+    # An external Redis: the chart refuses a Redis Cluster (redis_cluster changed) on its own.
+    external = {"redis": {"enabled": False}, "externalRedis": {"url": "redis://redis.example:6379"}}
+    data = configmap(render, {"config": {camel(n): v for n, v in changed.items()}, **external})
     settings = read_as_a_pod(data, monkeypatch)
     for name, value in changed.items():
         assert getattr(settings, name) == value, name

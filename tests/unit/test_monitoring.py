@@ -103,7 +103,8 @@ def labels_of(clause: str) -> set[str]:
 
 def test_every_alert_aggregates_by_namespace_and_release() -> None:
     """Each aggregation keeps exactly the release's labels (and le, for a histogram's
-    quantile), every vector match is on them, and nothing is global (absent, on())."""
+    quantile; partition, for the stream gauges summed over partitions), every vector match is
+    on them, and nothing is global (absent, on())."""
     for rule in rules():
         expr, name = rule["expr"], rule["alert"]
         assert "absent" not in expr and "without" not in expr, name
@@ -111,7 +112,7 @@ def test_every_alert_aggregates_by_namespace_and_release() -> None:
         assert aggregations, name
         for function, clause, grouping in aggregations:
             assert clause, (name, f"{function} without by (...)")
-            assert labels_of(grouping) - {"le"} == set(SCOPE), (name, grouping)
+            assert labels_of(grouping) - {"le", "partition"} == set(SCOPE), (name, grouping)
         for matching in re.findall(r"\b(?:on|ignoring)\s*\(([^)]*)\)", expr):
             assert labels_of(matching) == set(SCOPE), (name, matching)
         summary = rule["annotations"]["summary"]

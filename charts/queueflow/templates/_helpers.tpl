@@ -221,6 +221,13 @@ from the ConfigMap, extraEnv.
 {{- else if has .component (list "reporting" "worker") }}
 {{- include "queueflow.env.database" (dict "root" $root) }}
 {{- end }}
+{{- if and (eq .component "reporting") (not $root.Values.postgresql.enabled) $db.existingSecret $db.existingSecretReadKey }}
+- name: DATABASE_READ_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ $db.existingSecret }}
+      key: {{ $db.existingSecretReadKey }}
+{{- end }}
 {{- if eq .component "worker" }}
 # One consumer name per pod: a replacement pod reclaims the old one's entries.
 - name: QUEUEFLOW_CONSUMER

@@ -7,6 +7,12 @@
 {{- if and $v.worker.autoscaling.enabled $v.worker.keda.enabled }}
 {{- fail "worker.autoscaling.enabled and worker.keda.enabled are exclusive: two controllers would fight over the replica count" }}
 {{- end }}
+{{- if and $v.config.redisCluster $v.redis.enabled }}
+{{- fail "config.redisCluster needs an external Redis Cluster: the bundled Redis is one node. Set redis.enabled=false and point externalRedis.url (or externalRedis.existingSecret) at one of the cluster's nodes" }}
+{{- end }}
+{{- if and $v.config.redisCluster $v.worker.keda.enabled (ne (int $v.worker.keda.databaseIndex) 0) }}
+{{- fail "worker.keda.databaseIndex must be 0 with config.redisCluster: a Redis Cluster has only database 0" }}
+{{- end }}
 {{- if and $v.worker.keda.enabled (not $v.redis.enabled) (not $v.worker.keda.redisAddress) }}
 {{- fail "worker.keda with an external Redis needs worker.keda.redisAddress (host:port), and worker.keda.passwordSecret when it has a password" }}
 {{- end }}
