@@ -123,7 +123,9 @@ async def exchange(
     on the replies. On any failure (mid-reply, timed out, cancelled or refused by `check`) the
     connection is disconnected: out of step or in a state nobody expects, it is never reused.
     With a cluster client every command must hash to `key`'s slot: they go to its owner."""
-    if isinstance(client, RedisCluster):
+    # The exact type, not isinstance: RedisCluster's protocol metaclass makes that check cost
+    # more than the rest of this function on the one-server path.
+    if type(client) is RedisCluster:
         replies = await _cluster_exchange(client, commands, key)
         if check is not None:
             check(replies)
@@ -160,6 +162,7 @@ async def _cluster_exchange(
     replies: list[Reply] = [None] * len(commands)
     todo = list(range(len(commands)))
     asked: ClusterNode | None = None
+    unreachable: BaseException | None = None
     for _ in range(MAX_REDIRECTS + 1):
         node = asked or await _owner(cluster, key)
         sent = [commands[i] for i in todo]
@@ -167,6 +170,7 @@ async def _cluster_exchange(
             got = await _node_exchange(cluster, node, [ASKING, *sent] if asked else sent)
         except _Unreachable as exc:
             # Nothing was sent: after a failover the slot's new owner may take it.
+            unreachable = exc.__cause__
             if asked is not None or await _owner(cluster, key) is node:
                 raise exc.__cause__ from None  # type: ignore[misc]
             continue
@@ -193,6 +197,9 @@ async def _cluster_exchange(
                 await _refresh(cluster)
         else:
             await asyncio.sleep(TRYAGAIN_WAIT_S)
+    if unreachable is not None and any(reply is None for reply in replies):
+        # Owner after owner could not be reached: nothing of what is missing was sent.
+        raise unreachable
     return replies
 
 

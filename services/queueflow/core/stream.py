@@ -255,8 +255,9 @@ class EventStream(StreamState):
         ]
 
     async def _read_all(self, count: int, block_ms: int) -> list[Entry]:
-        """One blocking read over every partition (one server: no slots to cross)."""
-        args = self._read_args(self._consumer, count, block_ms)
+        """One blocking read over every partition (one server: no slots to cross). COUNT
+        applies per stream: each is asked for its share, so the batch stays `count` at most."""
+        args = self._read_args(self._consumer, -(-count // self.partitions), block_ms)
         starts = [b">"] * self.partitions
         reply = await wire.call(self.client, wire.command(*args, b"STREAMS", *self.keys, *starts))
         index = {key: i for i, key in enumerate(self.keys)}
@@ -350,7 +351,8 @@ class EventStream(StreamState):
             await self.client.xadd(self.dead_letter_name, fields)
             await self.client.xack(source, self.group, entry.id)
             return
-        pipe = self.client.pipeline(transaction=False)
+        # MULTI ... EXEC: an XADD refused (out of memory under noeviction) aborts the XACK.
+        pipe = self.client.pipeline(transaction=True)
         pipe.xadd(self.dead_letter_name, fields)
         pipe.xack(source, self.group, entry.id)
         await pipe.execute()
