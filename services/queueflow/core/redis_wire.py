@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -130,7 +130,7 @@ async def exchange(
         if check is not None:
             check(replies)
         return replies
-    pool = client.connection_pool
+    pool = cast(redis.Redis, client).connection_pool  # the exact-type test does not narrow
     conn = await pool.get_connection()
     try:
         return await _exchange_on(conn, commands, check)
