@@ -4,7 +4,6 @@ the kill-a-worker-mid-drain scenario run on one server and on the cluster alike.
 
 from __future__ import annotations
 
-import signal
 import time
 from typing import Any
 
@@ -13,7 +12,7 @@ import redis
 
 from queueflow.core.stream import partition_names
 from tests.helpers import Service, send, wait_until_exact, workload
-from tests.integration.test_faults import start, verify
+from tests.integration.test_faults import kill_a_worker_holding_a_batch, start, verify
 
 
 def names_of(env: dict[str, str]) -> list[str]:
@@ -71,26 +70,7 @@ def kill_a_worker_mid_drain(started: list[Service], env: dict[str, str], databas
     moment it holds entries and SIGKILLed there; B reclaims them on every partition. Every
     total equals the recount, and A comes back to find nothing of its own."""
     events = workload(8_000, seed=1)
-    ingest = start(started, "ingest", env)
-    a = start(started, "worker", env, QUEUEFLOW_CONSUMER="worker-a")
-    b = start(started, "worker", env, QUEUEFLOW_CONSUMER="worker-b")
-    batches = [events[i : i + 200] for i in range(0, len(events), 200)]
-    sent = 0
-    while sent < len(batches):
-        send(ingest.url, batches[sent])
-        sent += 1
-        a.proc.send_signal(signal.SIGSTOP)
-        if held_by(env, "worker-a") > 0:
-            break
-        a.proc.send_signal(signal.SIGCONT)
-    assert sent < len(batches), "never caught worker A holding a batch"
-    a.kill()
-    send(ingest.url, [e for batch in batches[sent:] for e in batch])
-    killed = time.monotonic()
-    wait_until_exact(database_url, events)
-    while held_by(env, "worker-a") > 0:  # A may have committed its batch but not acked it
-        assert time.monotonic() - killed < 20
-        time.sleep(0.05)
+    ingest, b, _, _ = kill_a_worker_holding_a_batch(started, env, events, database_url, held_by)
     assert b.metric("queueflow_worker_events_reclaimed_total") > 0
     start(started, "worker", env, QUEUEFLOW_CONSUMER="worker-a")
     more = workload(1_000, seed=2)

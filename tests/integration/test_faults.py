@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,29 +102,46 @@ def stored_events(database_url: str) -> int:
     return sql(database_url, "SELECT count(*) FROM events")
 
 
-def test_a_worker_killed_mid_batch_is_reclaimed_by_the_other(started, env, settings) -> None:
-    events = workload(12_000, seed=1)
+def kill_a_worker_holding_a_batch(
+    started: list[Service],
+    env: dict[str, str],
+    events: list[dict],
+    database_url: str,
+    held: Callable[[dict[str, str], str], int],
+) -> tuple[Service, Service, float, float]:
+    """Ingest and workers A and B; `events` sent while both work, A frozen at a moment it
+    holds a batch (`held`: the entries a consumer holds) and killed there, the rest sent.
+    Returns (ingest, B, seconds to exact after the kill, when A was killed) once every total
+    is exact and A holds nothing more."""
     ingest = start(started, "ingest", env)
     a = start(started, "worker", env, QUEUEFLOW_CONSUMER="worker-a")
     b = start(started, "worker", env, QUEUEFLOW_CONSUMER="worker-b")
-    # Send while both work; freeze A at a moment it holds a batch, then kill it there.
     batches = [events[i : i + 200] for i in range(0, len(events), 200)]
     sent = 0
     while sent < len(batches):
         send(ingest.url, batches[sent])
         sent += 1
         a.proc.send_signal(signal.SIGSTOP)
-        if pending_of(env, "worker-a") > 0:
+        if held(env, "worker-a") > 0:
             break
         a.proc.send_signal(signal.SIGCONT)
     assert sent < len(batches), "never caught worker A holding a batch"
     a.kill()
     send(ingest.url, [e for batch in batches[sent:] for e in batch])
     killed = time.monotonic()
-    took = wait_until_exact(str(settings.database_url), events)
-    while pending_of(env, "worker-a") > 0:  # A may have committed its batch but not acked it
+    took = wait_until_exact(database_url, events)
+    while held(env, "worker-a") > 0:  # A may have committed its batch but not acked it
         assert time.monotonic() - killed < 20
         time.sleep(0.05)
+    return ingest, b, took, killed
+
+
+def test_a_worker_killed_mid_batch_is_reclaimed_by_the_other(started, env, settings) -> None:
+    events = workload(12_000, seed=1)
+    # Send while both work; freeze A at a moment it holds a batch, then kill it there.
+    ingest, b, took, killed = kill_a_worker_holding_a_batch(
+        started, env, events, str(settings.database_url), pending_of
+    )
     assert b.metric("queueflow_worker_events_reclaimed_total") > 0
     print(
         f"exact {took:.1f}s after the kill; A's entries reclaimed after "
