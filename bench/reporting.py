@@ -25,6 +25,7 @@ import httpx
 from bench.context import Bench
 from bench.figures import Result
 from bench.report import median
+from queueflow.core.store import ADD_DAY
 
 SITES = 100
 BIGGEST, MEDIAN = "site-001", "site-050"
@@ -99,6 +100,10 @@ def run(bench: Bench) -> ReportingResult:
 async def _raw_events(database_url: str, days: int, per_day: int, now: datetime) -> None:
     conn = await asyncpg.connect(database_url)
     try:
+        # The raw events' days need their partitions (workers add only the week ahead).
+        first = (now - timedelta(days=days)).astimezone(UTC).date()
+        for day in range((now.astimezone(UTC).date() - first).days + 1):
+            await conn.fetchval(ADD_DAY, first + timedelta(days=day))
         for day in range(days):
             end = now - timedelta(days=day)
             await conn.execute(ONE_DAY, day, per_day, end - timedelta(days=1), end)
