@@ -1,25 +1,29 @@
 """Step `ingest`: `POST /event` and `POST /events` (100 events) on one `queueflow ingest`
 process, with the CPU time ingest and Valkey spend per event; beside the Node.js reference
-when `node` is installed; and (not in --smoke) single events over two ingest processes."""
+when `node` is installed; and (not in --smoke) single events over two ingest processes, and
+both loads with and without QUEUEFLOW_REDIS_WAIT_REPLICAS=1 against a replica of Valkey."""
 
 from __future__ import annotations
 
 import contextlib
 import shutil
 import subprocess
+import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
+import redis
 
 from bench import load
 from bench.context import STREAM, Bench, service_env
 from bench.figures import CpuClock, Result, cpu_seconds, rss_mb
 from bench.processes import running
 from bench.report import summarize
-from queueflow.embedded import free_port
+from queueflow.embedded import free_port, start_valkey
 
 REFERENCE = Path(__file__).resolve().parent / "reference"
 REFERENCE_STREAM = "events_reference"
@@ -27,9 +31,10 @@ REFERENCE_STREAM = "events_reference"
 
 @dataclass(frozen=True)
 class IngestResult(Result):
-    OPTIONAL = frozenset({"ingest_single_2_processes"})
+    OPTIONAL = frozenset({"ingest_single_2_processes", "ingest_replicated"})
 
     ingest_single_2_processes: dict[str, Any] | None  # None in --smoke
+    ingest_replicated: dict[str, Any] | None  # None in --smoke
     load_generator: str
     ingest_single: dict[str, Any]  # report.summarize's figures
     ingest_batch: dict[str, Any]
@@ -49,9 +54,11 @@ def run(bench: Bench) -> IngestResult:
             batch.append(with_cpu(bench, ingest.process, f"{ingest.url}/events", "batch"))
         rss = rss_mb(ingest.process)
         two = None if bench.args.smoke else two_processes(bench, ingest.url)
+        replicated = None if bench.args.smoke else waiting_for_a_replica(bench, ingest.url)
     bench.redis.delete(STREAM, REFERENCE_STREAM)
     return IngestResult(
         ingest_single_2_processes=two,
+        ingest_replicated=replicated,
         load_generator=single[0]["tool"],
         ingest_single=summarize(single),
         ingest_batch=summarize(batch, events_per_request=100),
@@ -80,6 +87,49 @@ def two_processes(bench: Bench, url: str) -> dict:
             urls = [f"{url}/event", f"{second.url}/event"]
             runs.append(load.http_split(urls, "single", bench.args.duration))
     return summarize(runs)
+
+
+def waiting_for_a_replica(bench: Bench, url: str) -> dict:
+    """What WAIT 1 after each append costs: a replica of the bench's Valkey on this machine,
+    then single events and batches on `url` (not waiting) and on a second ingest process
+    waiting for the replica, run by run in turn. The replica shares the two cores, so the
+    primary's replication costs both alike; a replica on another machine adds its network
+    round trip to each append's instead."""
+    loads = [(f"{n}_{kind}", kind) for kind in ("single", "batch") for n in ("plain", "wait")]
+    runs: dict[str, list[dict]] = {name: [] for name, _ in loads}
+    with (
+        tempfile.TemporaryDirectory() as folder,
+        replica_of(bench, Path(folder)),
+        bench.service("ingest", redis_wait_replicas=1) as waiting,
+    ):
+        for _ in range(bench.args.runs):
+            for name, kind in loads:
+                bench.settle(STREAM)
+                target = waiting.url if name.startswith("wait") else url
+                path = "/events" if kind == "batch" else "/event"
+                runs[name].append(load.http(target + path, kind, bench.args.duration))
+    return {
+        name: summarize(runs[name], events_per_request=100 if kind == "batch" else 1)
+        for name, kind in loads
+    }
+
+
+@contextlib.contextmanager
+def replica_of(bench: Bench, folder: Path) -> Iterator[None]:
+    """A Valkey replicating the bench's, in sync."""
+    replica = start_valkey(folder)
+    try:
+        with redis.Redis(port=replica.port, socket_timeout=5) as r:
+            primary = bench.redis.connection_pool.connection_kwargs["port"]
+            r.execute_command("REPLICAOF", "127.0.0.1", str(primary))
+            deadline = time.monotonic() + 60
+            while r.info("replication").get("master_link_status") != "up":
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the bench's replica did not sync")
+                time.sleep(0.05)
+        yield
+    finally:
+        replica.stop()
 
 
 @contextlib.contextmanager

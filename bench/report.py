@@ -63,6 +63,7 @@ def ratios(r: dict) -> dict[str, float | None]:
     ref = r.get("reference_single") or {}
     two = r.get("ingest_single_2_processes") or {}
     inst = r.get("instrumentation") or {}
+    wait = r.get("ingest_replicated") or {}
     soak = (r.get("soak") or {}).get("redis_used_memory_mb", {})
     return {
         "single_vs_reference": ratio(
@@ -83,6 +84,13 @@ def ratios(r: dict) -> dict[str, float | None]:
             inst.get("access_log_and_tracing", {}).get("requests_per_s"),
             inst.get("bare", {}).get("requests_per_s"),
         ),
+        **{
+            f"waiting_for_a_replica_vs_not_{kind}": ratio(
+                (wait.get(f"wait_{kind}") or {}).get("events_per_s"),
+                (wait.get(f"plain_{kind}") or {}).get("events_per_s"),
+            )
+            for kind in ("single", "batch")
+        },
         "batch_events_vs_pipelined_xadd": ratio(
             r["ingest_batch"]["events_per_s"], r["xadd_per_s"]["pipelined"]
         ),
@@ -97,6 +105,14 @@ def ratios(r: dict) -> dict[str, float | None]:
             soak.get("last_minute_min"), soak.get("first_minute_min")
         ),
     }
+
+
+def _replicated(figures: dict) -> str:
+    return "; ".join(
+        f"{figures[f'plain_{kind}']['events_per_s']:,.0f} / "
+        f"{figures[f'wait_{kind}']['events_per_s']:,.0f}"
+        for kind in ("single", "batch")
+    )
 
 
 def table(r: dict) -> str:
@@ -121,6 +137,12 @@ def table(r: dict) -> str:
             "POST /events x100, 1 process (events/s, p50/p99 ms)",
             f"{r['ingest_batch']['events_per_s']:,.0f}  {r['ingest_batch']['p50_ms']}/"
             f"{r['ingest_batch']['p99_ms']}",
+        ),
+        (
+            "with a replica: POST /event; /events x100, not waiting / WAIT 1 (events/s)",
+            _replicated(r["ingest_replicated"])
+            if r.get("ingest_replicated")
+            else "not measured (smoke)",
         ),
         (
             "CPU per event, single / batch (us): ingest; Valkey",

@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -178,6 +179,34 @@ class RedisClusterNodes:
                 time.sleep(0.05)
         self.wait_ok()
         return replica
+
+    @contextlib.contextmanager
+    def replica_cut_off(self, primary: int) -> Iterator[int]:
+        """The primary keeps serving clients while its replica cannot follow (a network
+        partition between the two): its replication link is dropped and the primary refuses
+        the replica's resync (an ACL denying the replication commands). TCP buffers would
+        hand a merely frozen replica everything. Yields the replica; mended at exit if the
+        primary still runs."""
+        replica = self.replica_of(primary)
+        with self.client(primary) as c:
+            c.execute_command("ACL", "SETUSER", "default", "-psync", "-sync", "-replconf")
+            c.execute_command("CLIENT", "KILL", "TYPE", "replica")
+        try:
+            yield replica
+        finally:
+            if self.procs[primary].poll() is None:
+                with self.client(primary) as c:
+                    c.execute_command("ACL", "SETUSER", "default", "+@all")
+
+    def wait_promoted(self, replica: int, timeout_s: float = 30) -> None:
+        """Until the replica has taken over its failed primary's slots (no CLUSTER FAILOVER:
+        the others saw the primary fail and elected it)."""
+        deadline = time.monotonic() + timeout_s
+        while self.role(replica) != "master":
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"replica {replica} was not promoted")
+            time.sleep(0.05)
+        self.wait_ok()
 
     def wait_synced(self, replica: int, timeout_s: float = 30) -> None:
         """Until the replica's link to its primary is up (a failover needs it)."""

@@ -52,6 +52,19 @@ def test_the_configmap_carries_the_partitions_and_cluster_mode(render: Render) -
     data = one(render(SCENARIOS["redis-cluster"]), "ConfigMap", f"{RELEASE}-queueflow")["data"]
     assert (data["QUEUEFLOW_STREAM_PARTITIONS"], data["QUEUEFLOW_REDIS_CLUSTER"]) == ("4", "true")
     assert data["QUEUEFLOW_STREAM"] == "events_stream"  # the base name: the app adds :{i}
+    assert data["QUEUEFLOW_REDIS_WAIT_REPLICAS"] == "1"
+    assert (
+        one(render(), "ConfigMap", f"{RELEASE}-queueflow")["data"]["QUEUEFLOW_REDIS_WAIT_REPLICAS"]
+        == "0"
+    )
+
+
+def test_waiting_for_replicas_is_never_asked_of_the_bundled_redis(helm: Path) -> None:
+    message = refusal(helm, {"config": {"redisWaitReplicas": 1}})
+    assert "config.redisWaitReplicas" in message and "replicas" in message
+    assert "redisWaitReplicas" in refusal(
+        helm, with_config(SCENARIOS["redis-cluster"], redisWaitReplicas=-1)
+    )
 
 
 @pytest.mark.parametrize("partitions", [1, 4])

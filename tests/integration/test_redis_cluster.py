@@ -19,6 +19,7 @@ import pytest
 from queueflow.core import redis_wire as wire
 from queueflow.core.config import Settings
 from queueflow.core.dead_letters import DeadLetters
+from queueflow.core.errors import StreamUnavailable
 from queueflow.core.ingest_counts import day_counts
 from queueflow.core.store import EventStore, create_pool
 from queueflow.core.stream import EVENT_FIELD, EventStream, connect, partition_names
@@ -251,6 +252,105 @@ def test_a_primary_failing_over_mid_drain_loses_and_doubles_nothing(
         print(f"failover: {refused[0]} answers refused and retried on the way")
     finally:
         redis_cluster.start_node(victim)  # back as a replica, for the tests after this one
+        redis_cluster.wait_ok()
+
+
+async def test_only_appends_a_replica_confirmed_are_accepted_and_they_survive_a_crash(
+    on_cluster, cluster_settings, redis_cluster: RedisClusterNodes
+) -> None:
+    plain, _ = on_cluster
+    waiting = EventStream(
+        plain.client, cluster_settings.model_copy(update={"redis_wait_replicas": 1})
+    )
+    await plain.ensure_group()
+    partition, name = next(
+        (i, n)
+        for i, n in enumerate(plain.names)
+        if redis_cluster.primary_of(n) != redis_cluster.ports[0]
+    )
+    victim = redis_cluster.primary_of(name)
+
+    async def add(stream: EventStream, event_id: str) -> None:
+        stream._next_append = partition  # this round trip to the victim's partition
+        await stream.add([payload(event_id=event_id)])
+
+    async def stored() -> list[str]:  # read afresh: the pooled connection may be the dead one
+        client = connect(cluster_settings.redis_dsn(), timeout_s=5, cluster=True)
+        try:
+            fields = [f for _, f in await client.xrange(name)]
+        finally:
+            await client.aclose()
+        return [json.loads(f[EVENT_FIELD])["event_id"] for f in fields]
+
+    redis_cluster.wait_synced(redis_cluster.replica_of(victim))
+    try:
+        await add(waiting, "confirmed")
+        with redis_cluster.replica_cut_off(victim) as replica:
+            await add(plain, "unconfirmed")  # answered on the primary's word alone
+            with pytest.raises(StreamUnavailable, match="0 of 1 replicas"):
+                await add(waiting, "refused")  # appended, unconfirmed: refused (a 503)
+            assert await stored() == ["confirmed", "unconfirmed", "refused"]
+            redis_cluster.stop_node(victim)  # a crash: no failover first
+        redis_cluster.wait_promoted(replica)
+        # What only the crashed primary held went with it: the events answered on its word.
+        assert await stored() == ["confirmed"]
+        redis_cluster.start_node(victim)  # back, as the new primary's replica
+        redis_cluster.wait_ok()
+        redis_cluster.wait_synced(victim)
+        await add(waiting, "after")
+        assert await stored() == ["confirmed", "after"]
+    finally:
+        if redis_cluster.procs[victim].poll() is not None:
+            redis_cluster.start_node(victim)
+        redis_cluster.wait_ok()
+
+
+def test_a_primary_crashing_behind_its_replica_loses_no_accepted_event(
+    started, cluster_settings, redis_cluster: RedisClusterNodes
+) -> None:
+    env = {**cluster_env(cluster_settings), "QUEUEFLOW_REDIS_WAIT_REPLICAS": "1"}
+    ingest = start(started, "ingest", env)
+    workers = [start(started, "worker", env, QUEUEFLOW_CONSUMER=name) for name in ("w1", "w2")]
+    events = workload(5_000, seed=7)
+    refused: list[int] = []
+    sender = threading.Thread(
+        target=lambda: refused.append(send_retrying(ingest.url, events, pause_s=0.1))
+    )
+    sender.start()
+    owners = [
+        redis_cluster.primary_of(name) for name in partition_names(cluster_settings.stream, 4)
+    ]
+    victim = next(p for p in owners if p != redis_cluster.ports[0])
+    try:
+        for primary in set(owners):
+            redis_cluster.wait_synced(redis_cluster.replica_of(primary))
+        _wait_for_progress(cluster_settings, 1_000)
+        # The victim's replica falls behind, the victim goes on taking appends for a second
+        # (none confirmed: each is answered 503 and retried), then crashes; the replica that
+        # never had them is promoted. The workers are frozen meanwhile, so those appends are
+        # nowhere else: answered 202 on the victim's word (without WAIT) they would be lost.
+        for worker in workers:
+            worker.proc.send_signal(signal.SIGSTOP)
+        try:
+            with redis_cluster.replica_cut_off(victim) as replica:
+                time.sleep(1)
+                redis_cluster.stop_node(victim)
+        finally:
+            for worker in workers:
+                worker.proc.send_signal(signal.SIGCONT)
+        redis_cluster.wait_promoted(replica)
+        redis_cluster.start_node(victim)  # the new primary's replica: its appends confirm
+        redis_cluster.wait_ok()
+        sender.join(120)
+        assert not sender.is_alive()
+        wait_until_exact(str(cluster_settings.database_url), events)
+        verify(env, events)
+        listed = queueflow(cluster_settings, "dead-letters", "list", env=env)
+        assert listed.returncode == 0 and listed.stdout.startswith("0 dead letters"), listed
+        print(f"crash: {refused[0]} answers refused and retried on the way")
+    finally:
+        if redis_cluster.procs[victim].poll() is not None:
+            redis_cluster.start_node(victim)
         redis_cluster.wait_ok()
 
 

@@ -10,6 +10,9 @@
 {{- if and $v.config.redisCluster $v.redis.enabled }}
 {{- fail "config.redisCluster needs an external Redis Cluster: the bundled Redis is one node. Set redis.enabled=false and point externalRedis.url (or externalRedis.existingSecret) at one of the cluster's nodes" }}
 {{- end }}
+{{- if and (gt (int $v.config.redisWaitReplicas) 0) $v.redis.enabled }}
+{{- fail "config.redisWaitReplicas needs an external Redis whose primaries have replicas: the bundled Redis has none, so every append would wait and be refused" }}
+{{- end }}
 {{- if and $v.config.redisCluster $v.worker.keda.enabled (ne (int $v.worker.keda.databaseIndex) 0) }}
 {{- fail "worker.keda.databaseIndex must be 0 with config.redisCluster: a Redis Cluster has only database 0" }}
 {{- end }}

@@ -94,6 +94,15 @@ class Settings(BaseSettings):
     redis_cluster: bool = Field(
         False, description="REDIS_URL names one node of a Redis Cluster (or Valkey Cluster)"
     )
+    # Redis answers an append before its replicas have it: a primary that crashes then takes
+    # its last appends with it. WAIT closes that window for appends answered 202; it waits up
+    # to half redis_timeout_s (core/stream.py).
+    redis_wait_replicas: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description="replicas each append must reach (Redis WAIT) before its 202; short: 503",
+    )
     group: Annotated[str, Flag()] = Field(
         "analytics_workers", min_length=1, description="the workers' consumer group"
     )

@@ -224,6 +224,11 @@ async def _node_exchange(
     try:
         try:
             await conn.connect()  # returns at once when connected
+            if await conn.can_read():
+                # Closed by the server while pooled (it restarted) or out of step: a new
+                # connection, as redis-py's own pool does, not a 503 for a dead socket.
+                await conn.disconnect(nowait=True)
+                await conn.connect()
         except (RedisError, OSError, TimeoutError) as exc:
             await _refresh(cluster)  # the node may be down and its replica promoted
             raise _Unreachable from exc
@@ -258,6 +263,25 @@ async def transaction(
     Returns EXEC's replies; a refused transaction raises (raise_for_transaction)."""
     replies = await exchange(client, [MULTI, *commands, EXEC], check=raise_for_transaction, key=key)
     return replies[-1]
+
+
+async def replicated_transaction(
+    client: Client, commands: Sequence[bytes], wait: bytes, key: bytes | None = None
+) -> tuple[list[Reply], int]:
+    """transaction(), then `wait` (a packed WAIT) in the same round trip and on the same
+    connection, so it waits for this transaction's writes: EXEC's replies and how many
+    replicas acknowledged them. On a cluster a redirected transaction is resent whole, its
+    WAIT with it, to the slot's owner."""
+    replies = await exchange(
+        client,
+        [MULTI, *commands, EXEC, wait],
+        check=lambda replies: raise_for_transaction(replies[:-1]),
+        key=key,
+    )
+    acknowledged = replies[-1]
+    if isinstance(acknowledged, Exception):
+        raise acknowledged
+    return replies[-2], int(acknowledged)
 
 
 def fast_path_available(conn: Any) -> bool:

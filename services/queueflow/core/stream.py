@@ -125,6 +125,10 @@ class EventStream(StreamState):
             wire.command_template(b"XADD", key, b"*", EVENT_FIELD) for key in self.keys
         ]
         self._next_append = 0  # the partition the next append round trip goes to
+        # WAIT's timeout is half the call's: its reply still arrives before the socket's.
+        self.wait_replicas = settings.redis_wait_replicas
+        wait_ms = b"%d" % max(1, int(settings.redis_timeout_s * 500))
+        self._wait = wire.command(b"WAIT", b"%d" % self.wait_replicas, wait_ms)
         # Packed commands counting appended events by site for a partition (keys in its hash
         # slot: ingest's accounting), run in each append's transaction; None counts nothing.
         self.count: Callable[[list[str], int], list[bytes]] | None = None
@@ -168,7 +172,9 @@ class EventStream(StreamState):
         if count is not None and (sites := [s for _, _, group_sites in group for s in group_sites]):
             commands.extend(count(sites, partition))
         try:
-            if len(commands) == 1:
+            if self.wait_replicas:
+                await self._append_replicated(commands, key)
+            elif len(commands) == 1:
                 await wire.call(self.client, commands[0], key)
             else:
                 # MULTI ... EXEC, all or nothing: Redis, the one part every ingest pod shares,
@@ -178,6 +184,15 @@ class EventStream(StreamState):
             # Redirected (MOVED, ASK) round trips were resent by the wire; one that timed out
             # may have landed: the client's retry with the same event ids is counted once.
             raise StreamUnavailable(str(exc) or type(exc).__name__) from exc
+
+    async def _append_replicated(self, commands: list[bytes], key: bytes) -> None:
+        _, acknowledged = await wire.replicated_transaction(self.client, commands, self._wait, key)
+        if acknowledged < self.wait_replicas:
+            # Appended, not yet replicated: kept if this primary lives, gone if it crashes now.
+            # The 503 names the ids, so the client's retry is counted once either way.
+            raise StreamUnavailable(
+                f"{acknowledged} of {self.wait_replicas} replicas confirmed the append in time"
+            )
 
     def _xadd(self, payload: bytes, traceparent: bytes | None, partition: int = 0) -> bytes:
         if traceparent:
