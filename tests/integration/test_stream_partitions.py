@@ -19,10 +19,11 @@ from queueflow.core.ingest_counts import counts_key, day_counts
 from queueflow.core.store import EventStore, create_pool
 from queueflow.core.stream import EVENT_FIELD, EventStream, connect, partition_names
 from queueflow.ingest.accounting import Accounting
+from queueflow.ingest.app import create_app
 from queueflow.ingest.backpressure import Backlog
 from queueflow.worker.consumer import Consumer
 from queueflow.worker.stream_metrics import export_stream_metrics
-from tests.helpers import payload, running, service_env, until
+from tests.helpers import payload, running, serve, service_env, until
 from tests.integration import test_faults
 from tests.integration.test_faults import QUICK
 from tests.partitioned import kill_a_worker_mid_drain
@@ -91,6 +92,22 @@ async def test_partitions_are_hash_tagged_streams_each_with_the_group(
     for name in stream.names:
         (group,) = await redis_client.xinfo_groups(name)
         assert group["name"].decode() == partitioned.group
+
+
+async def test_ingest_creates_every_partitions_group_with_no_worker_running(
+    partitioned, redis_client
+) -> None:
+    async def every_group() -> bool:
+        names = partition_names(partitioned.stream, PARTITIONS)
+        groups = [
+            await redis_client.xinfo_groups(n) if await redis_client.exists(n) else []
+            for n in names
+        ]
+        return all(g and g[0]["name"].decode() == partitioned.group for g in groups)
+
+    assert not await every_group()
+    async with serve(create_app(partitioned)):  # KEDA's triggers read the groups: made at once
+        await until(every_group)
 
 
 async def test_each_request_goes_whole_to_one_partition_with_its_counts(

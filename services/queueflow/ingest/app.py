@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import msgspec
+import structlog
 from fastapi import FastAPI, Request
 from opentelemetry import trace
+from redis.exceptions import ResponseError
 from starlette.types import Receive, Scope, Send
 
 from queueflow import __version__
@@ -37,7 +39,7 @@ from queueflow.core.http_telemetry import route_paths
 from queueflow.core.ingest_counts import DROPPED, REJECTED
 from queueflow.core.probes import add_probe_routes
 from queueflow.core.query_params import strict_app
-from queueflow.core.stream import EventStream, connect
+from queueflow.core.stream import REDIS_ERRORS, EventStream, connect
 from queueflow.core.tracing import Tracing, traceparent
 from queueflow.core.user_ids import UserIdHasher
 from queueflow.ingest.accounting import Accounting, readable_sites
@@ -59,6 +61,8 @@ from queueflow.ingest.bots import is_bot
 from queueflow.ingest.cors import Cors, origin_of
 from queueflow.ingest.openapi import event_routes_openapi
 from queueflow.ingest.tracker_js import TRACKER_PATH, TrackerScript
+
+log = structlog.get_logger(__name__)
 
 _encode = msgspec.json.Encoder().encode
 
@@ -224,6 +228,22 @@ def _reject(
     return status, _encode(body), _JSON_HEADERS + (extra_headers or [])
 
 
+async def create_groups(stream: EventStream, retry_s: float = 1.0) -> None:
+    """Each partition's group, as workers create them: KEDA's triggers read the groups, so a
+    new partition's must exist before any worker runs (scaled to zero, none would make it).
+    Retried while Redis is unreachable; a refusal (an ACL without XGROUP) is logged and
+    left to the workers."""
+    while True:
+        try:
+            await stream.ensure_group()
+            return
+        except ResponseError as exc:
+            log.warning("could not create the consumer groups; workers will", error=str(exc))
+            return
+        except REDIS_ERRORS:
+            await asyncio.sleep(retry_s)
+
+
 def _retry_later(reason: str, why: str, seconds: bytes, event_ids: list[str]) -> tuple:
     """A 503 with Retry-After, naming the events' ids (retried with them, counted once)."""
     retry = [(b"retry-after", seconds)]
@@ -293,7 +313,11 @@ def create_app(settings: Settings, tracing: Tracing | None = None) -> IngestApp:
         accounting = Accounting(client, settings.stream, partitions=settings.stream_partitions)
         stream.count = accounting.accepted
         await backlog.refresh()
-        background = [asyncio.create_task(backlog.run()), asyncio.create_task(accounting.run())]
+        background = [
+            asyncio.create_task(backlog.run()),
+            asyncio.create_task(accounting.run()),
+            asyncio.create_task(create_groups(stream)),
+        ]
         try:
             yield {IngestState.KEY: IngestState(stream, backlog, accounting)}
         finally:
