@@ -108,11 +108,12 @@ def ratios(r: dict) -> dict[str, float | None]:
 
 
 def _replicated(figures: dict) -> str:
-    return "; ".join(
-        f"{figures[f'plain_{kind}']['events_per_s']:,.0f} / "
-        f"{figures[f'wait_{kind}']['events_per_s']:,.0f}"
-        for kind in ("single", "batch")
-    )
+    """Not waiting / waiting, single then batches, and the non-2xx answers among them (wrk
+    counts those in its rate)."""
+    runs = [figures[f"{mode}_{kind}"] for kind in ("single", "batch") for mode in ("plain", "wait")]
+    rates = [f"{run['events_per_s']:,.0f}" for run in runs]
+    errors = "/".join(str(run["errors"]) for run in runs)
+    return f"{rates[0]} / {rates[1]}; {rates[2]} / {rates[3]}; errors {errors}"
 
 
 def table(r: dict) -> str:

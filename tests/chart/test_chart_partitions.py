@@ -65,6 +65,8 @@ def test_waiting_for_replicas_is_never_asked_of_the_bundled_redis(helm: Path) ->
     assert "redisWaitReplicas" in refusal(
         helm, with_config(SCENARIOS["redis-cluster"], redisWaitReplicas=-1)
     )
+    too_short = with_config(SCENARIOS["redis-cluster"], redisTimeoutS=0.3)
+    assert "config.redisTimeoutS of at least 0.4" in refusal(helm, too_short)
 
 
 @pytest.mark.parametrize("partitions", [1, 4])

@@ -262,6 +262,7 @@ async def test_only_appends_a_replica_confirmed_are_accepted_and_they_survive_a_
     waiting = EventStream(
         plain.client, cluster_settings.model_copy(update={"redis_wait_replicas": 1})
     )
+    waiting.count = Accounting(plain.client, plain.name, partitions=plain.partitions).accepted
     await plain.ensure_group()
     partition, name = next(
         (i, n)
@@ -272,7 +273,7 @@ async def test_only_appends_a_replica_confirmed_are_accepted_and_they_survive_a_
 
     async def add(stream: EventStream, event_id: str) -> None:
         stream._next_append = partition  # this round trip to the victim's partition
-        await stream.add([payload(event_id=event_id)])
+        await stream.add([payload(event_id=event_id)], sites=["site-1"])
 
     async def stored() -> list[str]:  # read afresh: the pooled connection may be the dead one
         client = connect(cluster_settings.redis_dsn(), timeout_s=5, cluster=True)
@@ -289,7 +290,15 @@ async def test_only_appends_a_replica_confirmed_are_accepted_and_they_survive_a_
             await add(plain, "unconfirmed")  # answered on the primary's word alone
             with pytest.raises(StreamUnavailable, match="0 of 1 replicas"):
                 await add(waiting, "refused")  # appended, unconfirmed: refused (a 503)
+            # Appends pass over that partition for a while: the others take them at once.
+            await asyncio.gather(
+                *(waiting.add([payload(event_id=f"g{n}")], sites=["site-1"]) for n in range(20))
+            )
             assert await stored() == ["confirmed", "unconfirmed", "refused"]
+            # Counted: what was answered as accepted, not the refused append.
+            today = datetime.now(UTC).date()
+            counted = await day_counts(plain.client, plain.names, today, "site-1")
+            assert counted.accepted == 21
             redis_cluster.stop_node(victim)  # a crash: no failover first
         redis_cluster.wait_promoted(replica)
         # What only the crashed primary held went with it: the events answered on its word.

@@ -207,3 +207,27 @@ def test_no_schedule_leaves_a_request_waiting_with_no_flusher(
         assert len(sent) == len(set(sent))  # nothing sent twice
 
     asyncio.run(run())
+
+
+async def test_without_fail_queued_a_group_queued_behind_a_failure_is_still_sent() -> None:
+    sent: list[list[int]] = []
+    release = asyncio.Event()
+
+    async def send(items: list[int]) -> None:
+        sent.append(items)
+        if items == [0]:
+            await release.wait()
+            raise RuntimeError("that partition timed out")
+
+    coalescer = Coalescer(
+        send, cancelled=lambda: RuntimeError("x"), max_in_flight=1, fail_queued=False
+    )
+    first = asyncio.create_task(coalescer.submit(0))
+    await asyncio.sleep(0)
+    queued = [asyncio.create_task(coalescer.submit(n)) for n in (1, 2)]
+    await asyncio.sleep(0)
+    release.set()
+    with pytest.raises(RuntimeError, match="timed out"):
+        await first
+    await asyncio.gather(*queued)  # sent in their own round trip, which succeeded
+    assert sent == [[0], [1, 2]]

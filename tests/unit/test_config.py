@@ -84,6 +84,20 @@ def test_a_malformed_setting_is_one_clear_error(
     assert str(raised.value).startswith(f"{named}: ")
 
 
+def test_waiting_for_replicas_needs_room_in_the_redis_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("QUEUEFLOW_REDIS_WAIT_REPLICAS", "1")
+    monkeypatch.setenv("QUEUEFLOW_REDIS_TIMEOUT_S", "0.2")
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    assert str(raised.value).startswith(
+        "QUEUEFLOW_REDIS_WAIT_REPLICAS needs QUEUEFLOW_REDIS_TIMEOUT_S of at least 0.4"
+    )
+    monkeypatch.setenv("QUEUEFLOW_REDIS_TIMEOUT_S", "0.4")
+    assert load_settings().redis_wait_replicas == 1
+
+
 def test_a_missing_url_is_reported_by_its_name() -> None:
     with pytest.raises(ConfigError, match="REDIS_URL is required"):
         load_settings().redis_dsn()

@@ -13,6 +13,9 @@
 {{- if and (gt (int $v.config.redisWaitReplicas) 0) $v.redis.enabled }}
 {{- fail "config.redisWaitReplicas needs an external Redis whose primaries have replicas: the bundled Redis has none, so every append would wait and be refused" }}
 {{- end }}
+{{- if and (gt (int $v.config.redisWaitReplicas) 0) (lt (float64 $v.config.redisTimeoutS) 0.4) }}
+{{- fail "config.redisWaitReplicas needs config.redisTimeoutS of at least 0.4: WAIT gets half of it" }}
+{{- end }}
 {{- if and $v.config.redisCluster $v.worker.keda.enabled (ne (int $v.worker.keda.databaseIndex) 0) }}
 {{- fail "worker.keda.databaseIndex must be 0 with config.redisCluster: a Redis Cluster has only database 0" }}
 {{- end }}

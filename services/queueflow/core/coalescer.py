@@ -32,9 +32,12 @@ class Coalescer(Generic[T]):
         *,
         cancelled: Callable[[], Exception],
         max_in_flight: int = MAX_IN_FLIGHT,
+        fail_queued: bool = True,
     ) -> None:
         self._send = send
         self._cancelled = cancelled
+        # Whether a failed round trip also fails the group queued behind it (see _flush).
+        self.fail_queued = fail_queued
         self.max_in_flight = max_in_flight
         self._queue: list[tuple[T, asyncio.Future[None]]] = []
         self.running = 0  # flushers that will still look at the queue
@@ -61,7 +64,8 @@ class Coalescer(Generic[T]):
         try:
             while self._queue:
                 group, self._queue = self._queue, []
-                if failure is None:
+                if failure is None or not self.fail_queued:
+                    failure = None
                     try:
                         await self._send([item for item, _ in group])
                     except Exception as exc:

@@ -13,7 +13,15 @@ import socket
 from collections.abc import Iterable
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, PostgresDsn, RedisDsn, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    PostgresDsn,
+    RedisDsn,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -267,6 +275,17 @@ class Settings(BaseSettings):
             parse_tokens(value)
         return value
 
+    @model_validator(mode="after")
+    def _wait_within_timeout(self) -> Settings:
+        # WAIT gets half the call's time; Redis ends a blocked WAIT up to a server tick (100 ms
+        # at hz 10) late, which must still fall inside the socket timeout.
+        if self.redis_wait_replicas and self.redis_timeout_s < MIN_WAIT_TIMEOUT_S:
+            raise ValueError(
+                f"QUEUEFLOW_REDIS_WAIT_REPLICAS needs QUEUEFLOW_REDIS_TIMEOUT_S of at least "
+                f"{MIN_WAIT_TIMEOUT_S} (WAIT gets half of it)"
+            )
+        return self
+
     def redis_dsn(self) -> str:
         if self.redis_url is None:
             raise ConfigError("REDIS_URL is required")
@@ -285,6 +304,9 @@ class Settings(BaseSettings):
         return self.database_dsn()
 
 
+MIN_WAIT_TIMEOUT_S = 0.4
+
+
 def load_settings(**overrides: object) -> Settings:
     """Settings from the environment plus explicit overrides, or one clear ConfigError."""
     try:
@@ -295,8 +317,9 @@ def load_settings(**overrides: object) -> Settings:
 
 
 def _describe(err: ErrorDetails) -> str:
-    field = str(err["loc"][0]).lower() if err["loc"] else "settings"
-    return f"{env_name(field)}: {err['msg']}"
+    if not err["loc"]:  # a rule across settings: its message names them
+        return err["msg"].removeprefix("Value error, ")
+    return f"{env_name(str(err['loc'][0]).lower())}: {err['msg']}"
 
 
 def env_name(setting: str) -> str:

@@ -5,9 +5,9 @@ layer: its packing in Python and its per-reply bookkeeping cost more than Redis 
 XADD, and a transaction answers every command it queues. This is the only module that packs
 RESP or touches redis-py internals: `conn._parser` and its hiredis `_reader`,
 `redis._parsers.hiredis.NOT_ENOUGH_DATA`, `ConnectionPool.get_connection()` without
-arguments, `send_packed_command` and `disconnect(nowait=True)`. The redis-py versions they
-hold for are pinned in pyproject.toml; tests/unit/test_redis_wire.py fails when the hiredis
-reader stops being reachable, rather than ingest silently taking the slow path.
+arguments, `send_packed_command`, `disconnect(nowait=True)` and `conn._reader`. The redis-py
+versions they hold for are pinned in pyproject.toml; tests/unit/test_redis_wire.py fails when
+the hiredis reader stops being reachable, rather than ingest silently taking the slow path.
 
 With a Redis Cluster client the same packed commands go to the primary owning their key, on a
 connection of that node taken from redis-py's cluster client (`ClusterNode.acquire_connection`
@@ -224,9 +224,10 @@ async def _node_exchange(
     try:
         try:
             await conn.connect()  # returns at once when connected
-            if await conn.can_read():
-                # Closed by the server while pooled (it restarted) or out of step: a new
-                # connection, as redis-py's own pool does, not a 503 for a dead socket.
+            reader = conn._reader
+            if await conn.can_read() or (reader is not None and reader.exception()):
+                # Closed or reset by the server while pooled (it restarted) or out of step: a
+                # new connection, as redis-py's own pool does, not a 503 for a dead socket.
                 await conn.disconnect(nowait=True)
                 await conn.connect()
         except (RedisError, OSError, TimeoutError) as exc:

@@ -9,18 +9,22 @@ through redis-py's commands.
 With QUEUEFLOW_STREAM_PARTITIONS N > 1 the stream is N streams, `STREAM:{0}` to
 `STREAM:{N-1}` (hash tags: on a Redis Cluster each is a slot of its own, spread over the
 primaries), each with the group. Each append round trip goes to the next partition in turn,
-whole (one request's events never straddle two); entries carry the partition they were read
+whole (one request's events never straddle two), passing over for a second a partition where
+one just failed; entries carry the partition they were read
 from, and are acknowledged, claimed and dead-lettered there; the figures (backlog, watermark,
 stats) and the upkeep cover every partition (core/stream_state.py, EventStream's base class).
 The dead-letter stream stays one, each dead letter
 naming its source partition. With a Redis Cluster client (QUEUEFLOW_REDIS_CLUSTER) every
 command goes to its key's owner: redis-py's cluster client routes its own commands, and
-core/redis_wire.py the packed ones.
+core/redis_wire.py the packed ones. With QUEUEFLOW_REDIS_WAIT_REPLICAS an append is confirmed
+by that many replicas (WAIT, in the same round trip) before it counts as done.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -65,6 +69,8 @@ DELIVERIES_FIELD = b"deliveries"
 SOURCE_STREAM_FIELD = b"source_stream"  # the partition a dead letter came from
 TRACEPARENT_FIELD = b"traceparent"
 PING = wire.command(b"PING")
+# How long appends pass over a partition after one failed there (one probe a second).
+AVOID_S = 1.0
 
 # Counts and deletes the dead letters at once, on one server or on a cluster's node alike.
 DELETE_ALL = "local n = redis.call('XLEN', KEYS[1]); redis.call('DEL', KEYS[1]); return n"
@@ -125,16 +131,24 @@ class EventStream(StreamState):
             wire.command_template(b"XADD", key, b"*", EVENT_FIELD) for key in self.keys
         ]
         self._next_append = 0  # the partition the next append round trip goes to
+        # Until when each partition is passed over by appends, after one failed there.
+        self._avoid_until = [0.0] * self.partitions
         # WAIT's timeout is half the call's: its reply still arrives before the socket's.
         self.wait_replicas = settings.redis_wait_replicas
         wait_ms = b"%d" % max(1, int(settings.redis_timeout_s * 500))
         self._wait = wire.command(b"WAIT", b"%d" % self.wait_replicas, wait_ms)
         # Packed commands counting appended events by site for a partition (keys in its hash
         # slot: ingest's accounting), run in each append's transaction; None counts nothing.
-        self.count: Callable[[list[str], int], list[bytes]] | None = None
+        # The third argument is 1, or -1 to take back the count of an append refused after it
+        # applied (too few replicas confirmed it).
+        self.count: Callable[[list[str], int, int], list[bytes]] | None = None
         self._appends: Coalescer[tuple[Sequence[bytes], bytes | None, Sequence[str]]]
         self._appends = Coalescer(
-            self._append, cancelled=lambda: StreamUnavailable("the append was cancelled")
+            self._append,
+            cancelled=lambda: StreamUnavailable("the append was cancelled"),
+            # With one stream, what failed a round trip fails those queued behind it; with
+            # partitions they go to another.
+            fail_queued=self.partitions == 1,
         )
         self._delete_idle_consumers = client.register_script(DELETE_IDLE_CONSUMERS)
         self._delete_all = client.register_script(DELETE_ALL)
@@ -158,9 +172,7 @@ class EventStream(StreamState):
     async def _append(
         self, group: list[tuple[Sequence[bytes], bytes | None, Sequence[str]]]
     ) -> None:
-        partition = self._next_append
-        if self.partitions > 1:  # the whole round trip to one partition, the next to the next
-            self._next_append = (partition + 1) % self.partitions
+        partition = self._next_partition() if self.partitions > 1 else 0
         key = self.keys[partition]
         commands = [
             self._xadd(payload, traceparent, partition)
@@ -169,30 +181,57 @@ class EventStream(StreamState):
         ]
         # One counting command per site for the whole round trip, gathered only when counted.
         count = self.count
-        if count is not None and (sites := [s for _, _, group_sites in group for s in group_sites]):
-            commands.extend(count(sites, partition))
+        sites = [s for _, _, group_sites in group for s in group_sites] if count else []
+        if count is not None and sites:
+            commands.extend(count(sites, partition, 1))
         try:
             if self.wait_replicas:
-                await self._append_replicated(commands, key)
+                await self._append_replicated(commands, key, sites, partition)
             elif len(commands) == 1:
                 await wire.call(self.client, commands[0], key)
             else:
                 # MULTI ... EXEC, all or nothing: Redis, the one part every ingest pod shares,
                 # spends a quarter less per XADD than inside a Lua script (bench/README.md).
                 await wire.transaction(self.client, commands, key)
-        except REDIS_ERRORS as exc:
+        except (StreamUnavailable, *REDIS_ERRORS) as exc:
+            self._avoid_until[partition] = time.monotonic() + AVOID_S
+            if isinstance(exc, StreamUnavailable):
+                raise
             # Redirected (MOVED, ASK) round trips were resent by the wire; one that timed out
             # may have landed: the client's retry with the same event ids is counted once.
             raise StreamUnavailable(str(exc) or type(exc).__name__) from exc
 
-    async def _append_replicated(self, commands: list[bytes], key: bytes) -> None:
+    def _next_partition(self) -> int:
+        """The partitions in turn, a whole round trip to each, passing over those where an
+        append failed within AVOID_S (any partition takes any event): one primary timing
+        out, or with its replica behind, then costs the others one round trip a second."""
+        now = time.monotonic()
+        partition = self._next_append
+        for _ in range(self.partitions):
+            if self._avoid_until[partition] <= now:
+                break
+            partition = (partition + 1) % self.partitions
+        else:  # every one failed lately: in turn as usual
+            partition = self._next_append
+        self._next_append = (partition + 1) % self.partitions
+        return partition
+
+    async def _append_replicated(
+        self, commands: list[bytes], key: bytes, sites: list[str], partition: int
+    ) -> None:
         _, acknowledged = await wire.replicated_transaction(self.client, commands, self._wait, key)
-        if acknowledged < self.wait_replicas:
-            # Appended, not yet replicated: kept if this primary lives, gone if it crashes now.
-            # The 503 names the ids, so the client's retry is counted once either way.
-            raise StreamUnavailable(
-                f"{acknowledged} of {self.wait_replicas} replicas confirmed the append in time"
-            )
+        if acknowledged >= self.wait_replicas:
+            return
+        # Appended, not yet replicated: kept if this primary lives, gone if it crashes now.
+        # The 503 names the ids, so the client's retry is stored once either way; the
+        # accepted count is taken back (the retry counts them), at once, before a failover
+        # could put these keys on a replica that never had the increment.
+        if self.count is not None and sites:
+            with contextlib.suppress(*REDIS_ERRORS):
+                await wire.transaction(self.client, self.count(sites, partition, -1), key)
+        raise StreamUnavailable(
+            f"{acknowledged} of {self.wait_replicas} replicas confirmed the append in time"
+        )
 
     def _xadd(self, payload: bytes, traceparent: bytes | None, partition: int = 0) -> bytes:
         if traceparent:

@@ -21,7 +21,7 @@ import msgspec
 import structlog
 from fastapi import FastAPI, Request
 from opentelemetry import trace
-from redis.exceptions import ResponseError
+from redis.exceptions import NoPermissionError
 from starlette.types import Receive, Scope, Send
 
 from queueflow import __version__
@@ -231,16 +231,16 @@ def _reject(
 async def create_groups(stream: EventStream, retry_s: float = 1.0) -> None:
     """Each partition's group, as workers create them: KEDA's triggers read the groups, so a
     new partition's must exist before any worker runs (scaled to zero, none would make it).
-    Retried while Redis is unreachable; a refusal (an ACL without XGROUP) is logged and
-    left to the workers."""
+    Retried while Redis is unreachable or failing over; a refusal (an ACL without XGROUP)
+    is logged and left to the workers."""
     while True:
         try:
             await stream.ensure_group()
             return
-        except ResponseError as exc:
-            log.warning("could not create the consumer groups; workers will", error=str(exc))
-            return
-        except REDIS_ERRORS:
+        except REDIS_ERRORS as exc:
+            if isinstance(exc, NoPermissionError):
+                log.warning("may not create the consumer groups; workers will", error=str(exc))
+                return
             await asyncio.sleep(retry_s)
 
 
