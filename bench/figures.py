@@ -67,4 +67,7 @@ def cpu_seconds(proc: psutil.Process) -> float:
 
 
 def rss_mb(proc: psutil.Process) -> float:
-    return round(proc.memory_info().rss / 2**20, 1)
+    try:
+        return round(proc.memory_info().rss / 2**20, 1)
+    except psutil.NoSuchProcess:  # a PostgreSQL child that exited while being counted
+        return 0.0
