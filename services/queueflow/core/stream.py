@@ -23,7 +23,6 @@ by that many replicas (WAIT, in the same round trip) before it counts as done.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -131,17 +130,17 @@ class EventStream(StreamState):
             wire.command_template(b"XADD", key, b"*", EVENT_FIELD) for key in self.keys
         ]
         self._next_append = 0  # the partition the next append round trip goes to
-        # Until when each partition is passed over by appends, after one failed there.
+        # Until when each partition is passed over by appends, after one failed there (0: it
+        # did not), and how many append round trips each has in flight.
         self._avoid_until = [0.0] * self.partitions
+        self._in_flight = [0] * self.partitions
         # WAIT's timeout is half the call's: its reply still arrives before the socket's.
         self.wait_replicas = settings.redis_wait_replicas
         wait_ms = b"%d" % max(1, int(settings.redis_timeout_s * 500))
         self._wait = wire.command(b"WAIT", b"%d" % self.wait_replicas, wait_ms)
         # Packed commands counting appended events by site for a partition (keys in its hash
         # slot: ingest's accounting), run in each append's transaction; None counts nothing.
-        # The third argument is 1, or -1 to take back the count of an append refused after it
-        # applied (too few replicas confirmed it).
-        self.count: Callable[[list[str], int, int], list[bytes]] | None = None
+        self.count: Callable[[list[str], int], list[bytes]] | None = None
         self._appends: Coalescer[tuple[Sequence[bytes], bytes | None, Sequence[str]]]
         self._appends = Coalescer(
             self._append,
@@ -174,19 +173,18 @@ class EventStream(StreamState):
     ) -> None:
         partition = self._next_partition() if self.partitions > 1 else 0
         key = self.keys[partition]
-        commands = [
-            self._xadd(payload, traceparent, partition)
-            for payloads, traceparent, _ in group
-            for payload in payloads
-        ]
-        # One counting command per site for the whole round trip, gathered only when counted.
-        count = self.count
-        sites = [s for _, _, group_sites in group for s in group_sites] if count else []
-        if count is not None and sites:
-            commands.extend(count(sites, partition, 1))
         try:
+            commands = [
+                self._xadd(payload, traceparent, partition)
+                for payloads, traceparent, _ in group
+                for payload in payloads
+            ]
+            # One counting command per site for the whole round trip, only when counted.
+            count = self.count
+            if count is not None and (sites := [s for _, _, g_sites in group for s in g_sites]):
+                commands.extend(count(sites, partition))
             if self.wait_replicas:
-                await self._append_replicated(commands, key, sites, partition)
+                await self._append_replicated(commands, key)
             elif len(commands) == 1:
                 await wire.call(self.client, commands[0], key)
             else:
@@ -194,44 +192,63 @@ class EventStream(StreamState):
                 # spends a quarter less per XADD than inside a Lua script (bench/README.md).
                 await wire.transaction(self.client, commands, key)
         except (StreamUnavailable, *REDIS_ERRORS) as exc:
-            self._avoid_until[partition] = time.monotonic() + AVOID_S
+            if self.partitions > 1:
+                self._avoid(partition)
             if isinstance(exc, StreamUnavailable):
                 raise
             # Redirected (MOVED, ASK) round trips were resent by the wire; one that timed out
             # may have landed: the client's retry with the same event ids is counted once.
             raise StreamUnavailable(str(exc) or type(exc).__name__) from exc
+        else:
+            if self.partitions > 1:
+                self._avoid_until[partition] = 0.0
+        finally:
+            if self.partitions > 1:
+                self._in_flight[partition] -= 1
 
     def _next_partition(self) -> int:
-        """The partitions in turn, a whole round trip to each, passing over those where an
-        append failed within AVOID_S (any partition takes any event): one primary timing
-        out, or with its replica behind, then costs the others one round trip a second."""
+        """The partitions in turn, a whole round trip to each, passing over those busy with
+        another round trip and those where an append failed within AVOID_S (any partition
+        takes any event). A failed partition is probed by one round trip at a time, so one
+        primary timing out, or with its replica behind, holds up one of the two round trips
+        in flight (core/coalescer.py) for a moment a second, never both."""
         now = time.monotonic()
-        partition = self._next_append
-        for _ in range(self.partitions):
-            if self._avoid_until[partition] <= now:
-                break
-            partition = (partition + 1) % self.partitions
-        else:  # every one failed lately: in turn as usual
-            partition = self._next_append
-        self._next_append = (partition + 1) % self.partitions
+        start, n = self._next_append, self.partitions
+        order = [(start + i) % n for i in range(n)]
+        partition = next(
+            (p for p in order if self._avoid_until[p] <= now and not self._in_flight[p]),
+            next((p for p in order if self._avoid_until[p] <= now), start),
+        )
+        if self._avoid_until[partition]:  # this round trip probes it; the others pass it by
+            self._avoid_until[partition] = now + AVOID_S
+        self._next_append = (partition + 1) % n
+        self._in_flight[partition] += 1
         return partition
 
-    async def _append_replicated(
-        self, commands: list[bytes], key: bytes, sites: list[str], partition: int
-    ) -> None:
-        _, acknowledged = await wire.replicated_transaction(self.client, commands, self._wait, key)
-        if acknowledged >= self.wait_replicas:
+    def _avoid(self, partition: int) -> None:
+        """Pass over the partition for AVOID_S, and on a cluster the others its primary
+        holds: they time out, or lack replicas, alike."""
+        until = time.monotonic() + AVOID_S
+        self._avoid_until[partition] = until
+        if not self.cluster:
             return
-        # Appended, not yet replicated: kept if this primary lives, gone if it crashes now.
-        # The 503 names the ids, so the client's retry is stored once either way; the
-        # accepted count is taken back (the retry counts them), at once, before a failover
-        # could put these keys on a replica that never had the increment.
-        if self.count is not None and sites:
-            with contextlib.suppress(*REDIS_ERRORS):
-                await wire.transaction(self.client, self.count(sites, partition, -1), key)
-        raise StreamUnavailable(
-            f"{acknowledged} of {self.wait_replicas} replicas confirmed the append in time"
-        )
+        try:
+            node = self.client.get_node_from_key(self.names[partition])
+            for i, name in enumerate(self.names):
+                if self.client.get_node_from_key(name) is node:
+                    self._avoid_until[i] = until
+        except RedisClusterException:  # no owner known: the slots are being re-read
+            pass
+
+    async def _append_replicated(self, commands: list[bytes], key: bytes) -> None:
+        _, acknowledged = await wire.replicated_transaction(self.client, commands, self._wait, key)
+        if acknowledged < self.wait_replicas:
+            # Appended, not yet replicated: kept if this primary lives, gone if it crashes now.
+            # The 503 names the ids, so the client's retry is stored once either way (and
+            # counted again in /stats/ingest, as after a timeout that landed).
+            raise StreamUnavailable(
+                f"{acknowledged} of {self.wait_replicas} replicas confirmed the append in time"
+            )
 
     def _xadd(self, payload: bytes, traceparent: bytes | None, partition: int = 0) -> bytes:
         if traceparent:

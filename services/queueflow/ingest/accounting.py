@@ -60,10 +60,10 @@ class Accounting:
             found = keys[site_id] = (key, wire.command_template(b"HINCRBY", key, ACCEPTED))
         return found
 
-    def accepted(self, site_ids: list[str], partition: int = 0, sign: int = 1) -> list[bytes]:
+    def accepted(self, site_ids: list[str], partition: int = 0) -> list[bytes]:
         """Commands counting these accepted events (one append's, of every request in it) for
         the transaction that appends them: one per site; each key's expiry is set the first
-        time this process counts into it on a day. `sign` -1 takes such a count back."""
+        time this process counts into it on a day."""
         first = site_ids[0]
         if site_ids.count(first) == len(site_ids):  # the usual: one site (a C-speed check)
             by_site: Iterable[tuple[str, int]] = ((first, len(site_ids)),)
@@ -72,7 +72,7 @@ class Accounting:
         commands = []
         for site_id, n in by_site:
             key, increment = self._key(site_id, partition)
-            count = b"%d" % (n * sign)
+            count = b"%d" % n
             commands.append(increment % (len(count), count))
             if key not in self._expiring:
                 self._expiring.add(key)

@@ -21,7 +21,7 @@ import msgspec
 import structlog
 from fastapi import FastAPI, Request
 from opentelemetry import trace
-from redis.exceptions import NoPermissionError
+from redis.exceptions import ClusterDownError, ReadOnlyError, ResponseError, TryAgainError
 from starlette.types import Receive, Scope, Send
 
 from queueflow import __version__
@@ -228,20 +228,25 @@ def _reject(
     return status, _encode(body), _JSON_HEADERS + (extra_headers or [])
 
 
+# The refusals a cluster answers while a failover or resharding settles: they pass.
+FAILING_OVER = (ClusterDownError, ReadOnlyError, TryAgainError)
+
+
 async def create_groups(stream: EventStream, retry_s: float = 1.0) -> None:
     """Each partition's group, as workers create them: KEDA's triggers read the groups, so a
     new partition's must exist before any worker runs (scaled to zero, none would make it).
-    Retried while Redis is unreachable or failing over; a refusal (an ACL without XGROUP)
-    is logged and left to the workers."""
+    Retried while Redis is unreachable or failing over; any other refusal is logged and
+    left to the workers."""
     while True:
         try:
             await stream.ensure_group()
             return
         except REDIS_ERRORS as exc:
-            if isinstance(exc, NoPermissionError):
-                log.warning("may not create the consumer groups; workers will", error=str(exc))
+            if isinstance(exc, ResponseError) and not isinstance(exc, FAILING_OVER):
+                # Refused for good (an ACL without XGROUP, a key of another type): say so.
+                log.warning("could not create the consumer groups; workers will", error=str(exc))
                 return
-            await asyncio.sleep(retry_s)
+            await asyncio.sleep(retry_s)  # unreachable, or a cluster failing over
 
 
 def _retry_later(reason: str, why: str, seconds: bytes, event_ids: list[str]) -> tuple:
