@@ -209,17 +209,8 @@ def test_a_primary_failing_over_mid_drain_loses_and_doubles_nothing(
     for name in ("w1", "w2"):
         start(started, "worker", env, QUEUEFLOW_CONSUMER=name)
     events = workload(6_000, seed=5)
-    refused: list[int] = []
-    # Sent over about 6 s, in 100-event batches: the outages below happen in the middle.
-    sender = threading.Thread(
-        target=lambda: refused.append(send_retrying(ingest.url, events, pause_s=0.1))
-    )
-    sender.start()
-    # A primary holding a partition, other than the node the services were started from.
-    owners = [
-        redis_cluster.primary_of(name) for name in partition_names(cluster_settings.stream, 4)
-    ]
-    victim = next(p for p in owners if p != redis_cluster.ports[0])
+    sender, refused = _send_in_background(ingest.url, events)  # about 6 s
+    _, victim = _owners_and_victim(cluster_settings, redis_cluster)
     frozen = next(p for p in sorted(redis_cluster.primaries()) if p != victim)
     try:
         _wait_for_progress(cluster_settings, 1_000)
@@ -323,15 +314,8 @@ def test_a_primary_crashing_behind_its_replica_loses_no_accepted_event(
     ingest = start(started, "ingest", env)
     workers = [start(started, "worker", env, QUEUEFLOW_CONSUMER=name) for name in ("w1", "w2")]
     events = workload(5_000, seed=7)
-    refused: list[int] = []
-    sender = threading.Thread(
-        target=lambda: refused.append(send_retrying(ingest.url, events, pause_s=0.1))
-    )
-    sender.start()
-    owners = [
-        redis_cluster.primary_of(name) for name in partition_names(cluster_settings.stream, 4)
-    ]
-    victim = next(p for p in owners if p != redis_cluster.ports[0])
+    sender, refused = _send_in_background(ingest.url, events)
+    owners, victim = _owners_and_victim(cluster_settings, redis_cluster)
     try:
         for primary in set(owners):
             redis_cluster.wait_synced(redis_cluster.replica_of(primary))
@@ -363,6 +347,25 @@ def test_a_primary_crashing_behind_its_replica_loses_no_accepted_event(
         if redis_cluster.procs[victim].poll() is not None:
             redis_cluster.start_node(victim)
         redis_cluster.wait_ok()
+
+
+def _send_in_background(url: str, events: list[dict]) -> tuple[threading.Thread, list[int]]:
+    """The events sent in 100-event batches, a pause between them, each retried until
+    accepted, so that the outages a test causes fall in the middle; the list receives the
+    number of refusals on the way."""
+    refused: list[int] = []
+    sender = threading.Thread(
+        target=lambda: refused.append(send_retrying(url, events, pause_s=0.1))
+    )
+    sender.start()
+    return sender, refused
+
+
+def _owners_and_victim(settings: Settings, cluster: RedisClusterNodes) -> tuple[list[int], int]:
+    """The primaries holding the 4 partitions, and one of them other than the node the
+    services were started from."""
+    owners = [cluster.primary_of(name) for name in partition_names(settings.stream, 4)]
+    return owners, next(p for p in owners if p != cluster.ports[0])
 
 
 def _wait_for_progress(settings: Settings, stored: int) -> None:
