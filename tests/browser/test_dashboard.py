@@ -78,6 +78,7 @@ def deployment(settings: Settings) -> Iterator[dict[str, Any]]:
         "QUEUEFLOW_BLOCK_MS": "100",
         "QUEUEFLOW_STATS_TOKENS": f"{ALL},{SCOPED}={OTHER}",
     }
+    not_near_midnight()
     ingest = Service("ingest", env).wait_healthy()
     reporting = Service("reporting", env).wait_healthy()
     worker = Service("worker", env).wait_healthy()
@@ -89,6 +90,16 @@ def deployment(settings: Settings) -> Iterator[dict[str, Any]]:
     finally:
         for service in (state["worker"], reporting, ingest):
             service.stop()
+
+
+def not_near_midnight(margin_s: float = 180) -> None:
+    """Wait for the next UTC day when this one ends within `margin_s`: the page and the
+    tests read "today" from the clock, and the events are sent as of today, so a test
+    crossing midnight would find the new day empty."""
+    now = datetime.now(UTC)
+    left = 86_400 - (now.hour * 3600 + now.minute * 60 + now.second + now.microsecond / 1e6)
+    if left < margin_s:
+        time.sleep(left + 1)
 
 
 def api(url: str, route: str, **params: str) -> dict[str, Any]:
