@@ -9,14 +9,12 @@ import contextlib
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
-import redis
 
 from bench import load
 from bench.context import STREAM, Bench, service_env
@@ -117,16 +115,8 @@ def waiting_for_a_replica(bench: Bench, url: str) -> dict:
 @contextlib.contextmanager
 def replica_of(bench: Bench, folder: Path) -> Iterator[None]:
     """A Valkey replicating the bench's, in sync."""
-    replica = start_valkey(folder)
+    replica = start_valkey(folder, replica_of=bench.redis_url)
     try:
-        with redis.Redis(port=replica.port, socket_timeout=5) as r:
-            primary = bench.redis.connection_pool.connection_kwargs["port"]
-            r.execute_command("REPLICAOF", "127.0.0.1", str(primary))
-            deadline = time.monotonic() + 60
-            while r.info("replication").get("master_link_status") != "up":
-                if time.monotonic() > deadline:
-                    raise TimeoutError("the bench's replica did not sync")
-                time.sleep(0.05)
         yield
     finally:
         replica.stop()

